@@ -1,0 +1,98 @@
+"""Training throughput of the transformer: cached tokens vs re-encoding every batch with the VQGAN.
+
+Both paths run the training script's own step (training_transformer.accumulate_grads + AdamW) on the
+same model in the same process; the re-encoding path first runs the frozen VQGAN on the batch's
+images, as a training loop without the token cache would. The two are timed in alternating rounds
+(median per step) so that load from other processes hits both alike. Random weights and images
+(timing does not depend on them). On CUDA it also prints model FLOPs utilisation against --peak-tflops.
+
+  python benchmarks/bench_transformer.py --config configs/MaskGit_small.yml --batch-size 32 --steps 6
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from functools import partial
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import training_transformer as tt  # noqa: E402
+from models.maskgit import MaskGit  # noqa: E402
+from models.vqgan import VQGAN  # noqa: E402
+from utils import load_config, resolve_device  # noqa: E402
+
+
+def train_flops_per_token(tp):
+    """Matmul FLOPs of one training step per token (forward x 3: backward costs twice the forward)."""
+    d, h, n_layers, n = tp['dim'], tp['hidden_dim'], tp['n_layers'], tp['num_image_tokens']
+    fwd = 2 * (n_layers * (4 * d * d + 2 * d * h) + d * d + d * (tp['num_codebook_vectors'] + 1)) + n_layers * 4 * n * d
+    return 3 * fwd
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--config', default='configs/MaskGit_small.yml', help='MaskGit config (its VQ_config_path too)')
+    p.add_argument('--batch-size', type=int, default=32)
+    p.add_argument('--steps', type=int, default=6, help='timed optimizer steps per path, in rounds of 2')
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--threads', type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument('--amp', choices=('bf16', 'fp16', 'off'), default='bf16', help='autocast dtype on CUDA')
+    p.add_argument('--peak-tflops', type=float, default=989.0, help='the GPU\'s dense bf16 peak (H100 SXM: 989)')
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    cfg = load_config(args.config)
+    mp = cfg['model_param']
+    vq_p = load_config(mp['VQ_Configs']['VQ_config_path'])['model_param']
+    torch.manual_seed(0)
+    vqgan = VQGAN(vq_p).to(device).eval().requires_grad_(False)
+    raw = MaskGit(mp).to(device)
+    s = {**tt.TRAIN_DEFAULTS, **(cfg.get('train') or {}), 'batch_size': args.batch_size, 'accum_grad': 1}
+    opt = tt.make_optimizer(raw, s, device)
+    b, n_tok, res = args.batch_size, raw.num_image_tokens, vq_p['img_resolution']
+    images = torch.randn(b, 3, res, res, device=device)
+    cached = torch.randint(0, raw.num_codebook_vectors, (b, n_tok), dtype=torch.int16)  # as the cache stores them
+    order = torch.arange(b)
+    cuda = device.type == 'cuda'
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    autocast = partial(torch.autocast, 'cuda', dtype=torch.bfloat16 if args.amp == 'bf16' else torch.float16) \
+        if cuda and args.amp != 'off' else nullcontext
+
+    def step(i, encode):
+        tokens = vqgan.encode_indices(images).cpu() if encode else cached
+        tt.accumulate_grads(raw, raw, tokens, order, 0, i, s, 0, 1, 0, device, autocast)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    times = {False: [], True: []}
+    for i in range(2 + args.steps // 2):
+        for encode in (False, True):
+            for _ in range(2):
+                sync()
+                t0 = time.perf_counter()
+                step(i, encode)
+                sync()
+                if i:  # round 0 warms up
+                    times[encode].append(time.perf_counter() - t0)
+    print(f"config {args.config}, batch {b} x {n_tok} tokens, device {device}, torch threads "
+          f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    print(f"transformer {sum(q.numel() for q in raw.transformer.parameters()) / 1e6:.2f}M params, "
+          f"VQGAN {sum(q.numel() for q in vqgan.parameters()) / 1e6:.2f}M params")
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for encode, name in ((False, 'cached tokens    '), (True, 're-encode (VQGAN)')):
+        t = med[encode]
+        print(f"{name}: {t * 1000:8.1f} ms/step  {b * n_tok / t:10.0f} tokens/s  {b / t:8.1f} images/s  "
+              f"(median of {len(times[encode])} steps)")
+    print(f"cached / re-encode throughput: {med[True] / med[False]:.2f}x")
+    if cuda:
+        tflops = b * n_tok * train_flops_per_token(mp['Transformer_param']) / med[False] / 1e12
+        print(f"model FLOPs utilisation (cached, amp {args.amp}): {tflops:.1f} TFLOP/s = "
+              f"{100 * tflops / args.peak_tflops:.1f}% of {args.peak_tflops:g}")
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,201 @@
+"""Inpaint the course's masked test images with a trained MaskGIT (batched iterative decoding).
+
+The course's flags keep their meaning. Writes, under --output-dir:
+  test_results/image_{i:03d}.png  the inpainted image (what the FID script reads)
+  mask_scheduling/test_{i}.png    the latent mask at every step, one row (white = known)
+  imga/test_{i}.png               the input, then the image decoded at every step
+  schedules.png                   each row a mask schedule on the first images of the first batch:
+                                  the mask of the first image at every step, then the results
+"""
+import argparse
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from models.decoding import decode, image_seeds, mask_schedule
+from models.maskgit import MaskGit, gamma_func
+from models.vqgan import load_vqgan
+from utils import (PairedTestDataset, atomic_save_image, data_stats, denormalize, latent_mask, load_checkpoint,
+                   load_config, load_state_dict_checked, resolve_device, save_grid, tensor01_to_pil)
+
+SCHEDULES = ('cosine', 'linear', 'square', 'arccos', 'root')
+SUMMARY_IMAGES = 4  # images per row of schedules.png
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="MaskGIT inpainting (batched Gumbel-confidence decoding)")
+    p.add_argument('--device', default='auto', help="cpu, cuda, cuda:N, or auto (cuda when available)")
+    p.add_argument('--batch-size', type=int, default=64, help="images decoded together")
+    p.add_argument('--partial', type=float, default=1.0, help="keep the first int(n * partial) test images")
+    p.add_argument('--num_workers', type=int, default=0, help="DataLoader workers")
+    p.add_argument('--MaskGitConfig', default='configs/MaskGit_small.yml', help="MaskGit config (course: configs/MaskGit.yml)")
+    p.add_argument('--load-transformer-ckpt-path', default='runs/transformer/last_ckpt.pt',
+                   help="transformer state_dict (the course's format) or a dict with key 'transformer' (train_state.pt)")
+    p.add_argument('--test-maskedimage-path', default='data/openclipart/masked_image')
+    p.add_argument('--test-mask-path', default='data/openclipart/mask64')
+    p.add_argument('--sweet-spot', type=int, default=-1,
+                   help="stop after this step and fill the rest with the most likely tokens (<=0 or >= total: all steps)")
+    p.add_argument('--total-iter', type=int, default=8, help="decoding steps T")
+    p.add_argument('--mask-func', default='cosine', choices=SCHEDULES, help="mask schedule gamma")
+    p.add_argument('--output-dir', default='.', help="where test_results/, mask_scheduling/, imga/ go")
+    p.add_argument('--seed', type=int, default=0, help="run seed; each image's randomness is (seed, image number)")
+    p.add_argument('--temperature', type=float, default=1.0, help="sampling temperature (0 = argmax)")
+    p.add_argument('--vqgan-ckpt', default=None, help="VQGAN checkpoint (default: VQ_CKPT_path of the config)")
+    p.add_argument('--amp', action='store_true', help="bfloat16 autocast for the networks")
+    p.add_argument('--paste-known', action='store_true', help="composite the input's known pixels over the result")
+    args = p.parse_args(argv)
+    if args.batch_size < 1:
+        p.error("--batch-size must be >= 1")
+    if args.total_iter < 1:
+        p.error("--total-iter must be >= 1")
+    if args.temperature < 0:
+        p.error("--temperature must be >= 0")
+    return args
+
+
+def load_maskgit(args, device):
+    """(MaskGit with its VQGAN and trained transformer on `device`, config dict)."""
+    cfg = load_config(args.MaskGitConfig)
+    mp = cfg.get('model_param')
+    if not isinstance(mp, dict) or 'VQ_Configs' not in mp:
+        raise ValueError(f"config {args.MaskGitConfig} has no 'model_param: VQ_Configs:' section")
+    vq = mp['VQ_Configs']
+    vqgan = load_vqgan(vq['VQ_config_path'], args.vqgan_ckpt or vq.get('VQ_CKPT_path'), device)
+    model = MaskGit(mp, vqgan)
+    sd = load_checkpoint(args.load_transformer_ckpt_path)
+    if isinstance(sd, dict) and isinstance(sd.get('transformer'), dict):
+        sd = sd['transformer']
+    load_state_dict_checked(model.transformer, sd, args.load_transformer_ckpt_path)
+    return model.to(device).eval(), cfg
+
+
+def check_sizes(data, res):
+    """Every image and mask must be res x res (the VQGAN's img_resolution): one line naming the first that is not."""
+    for path in data.images + data.masks:
+        try:
+            with Image.open(path) as img:
+                size = img.size
+        except Exception as e:
+            raise ValueError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+        if size != (res, res):
+            raise ValueError(f"{path} is {size[0]}x{size[1]} but the VQGAN takes {res}x{res} images (img_resolution)")
+
+
+def mask_tiles(masks, latent_res, img_res):
+    """masks [..., N] bool (True = unknown) -> [..., 3, img_res, img_res] tiles, white = known."""
+    m = (~masks).float().reshape(-1, 1, latent_res, latent_res)
+    m = F.interpolate(m, size=(img_res, img_res), mode='nearest').expand(-1, 3, -1, -1)
+    return m.reshape(*masks.shape[:-1], 3, img_res, img_res)
+
+
+class Inpainter:
+    """Tokens in, decoding, images out, for batches of (normalised images, pixel masks, ids)."""
+
+    def __init__(self, model, args, mean, std):
+        self.model, self.args, self.mean, self.std = model, args, mean, std
+        self.vqgan = model.vqgan
+        self.factor = self.vqgan.img_resolution // self.vqgan.latent_resolution
+        self.amp = torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16, enabled=args.amp)
+
+    def logits(self, tokens):
+        with self.amp:
+            return self.model.transformer(tokens)
+
+    def images(self, tokens):
+        """tokens [B, N] -> images [B, 3, H, W] in [0, 1]."""
+        with self.amp:
+            return denormalize(self.vqgan.decode_indices(tokens).float(), self.mean, self.std)
+
+    @torch.no_grad()
+    def __call__(self, imgs, masks, ids, modes):
+        """Decode a batch; `modes` is one schedule name, or one per image."""
+        a = self.args
+        with self.amp:
+            tokens = self.vqgan.encode_indices(imgs)                             # [B, N]
+        unknown = latent_mask(masks, self.factor).flatten(1)                     # [B, N]
+        modes = [modes] * len(ids) if isinstance(modes, str) else modes
+        counts = unknown.sum(1).cpu()                                            # [B]
+        schedule = torch.empty(a.total_iter, len(modes), dtype=torch.long)       # [T, B]
+        for mode in set(modes):
+            rows = torch.tensor([m == mode for m in modes])
+            schedule[:, rows] = mask_schedule(counts[rows], a.total_iter, gamma_func(mode))
+        return decode(self.logits, tokens, unknown, image_seeds(a.seed, ids), None, self.model.mask_token_id,
+                      a.total_iter, a.sweet_spot, a.temperature, self.model.choice_temperature, schedule)
+
+    def final(self, imgs, masks, out):
+        """Decoded images, with the input's known pixels pasted back under --paste-known."""
+        img = self.images(out.tokens)
+        if self.args.paste_known:
+            img = masks * denormalize(imgs, self.mean, self.std) + (1 - masks) * img
+        return img
+
+
+def save_results(inp, imgs, masks, ids, out):
+    """Writes the three per-image files of one batch."""
+    a, vq = inp.args, inp.vqgan
+    final = inp.final(imgs, masks, out)                                        # [B, 3, H, W]
+    S, B = out.preds.shape[:2]
+    steps = torch.cat([inp.images(p) for p in out.preds])                     # [S*B, 3, H, W]
+    steps = steps.view(S, B, *steps.shape[1:])
+    tiles = mask_tiles(out.masks, vq.latent_resolution, vq.img_resolution)   # [S+1, B, 3, H, W]
+    shown = denormalize(imgs, inp.mean, inp.std)
+    for b, i in enumerate(ids.tolist()):
+        atomic_save_image(tensor01_to_pil(final[b]), os.path.join(a.output_dir, 'test_results', f'image_{i:03d}.png'))
+        save_grid(tiles[:, b], os.path.join(a.output_dir, 'mask_scheduling', f'test_{i}.png'), nrow=S + 1)
+        save_grid(torch.cat([shown[b:b + 1], steps[:, b]]), os.path.join(a.output_dir, 'imga', f'test_{i}.png'),
+                  nrow=S + 1)
+
+
+def save_schedules(inp, imgs, masks, ids, path):
+    """One row per schedule: the first image's mask after every step, then the results of the first images."""
+    n, m = min(SUMMARY_IMAGES, len(ids)), len(SCHEDULES)
+    rep = lambda x: x[:n].repeat(m, *[1] * (x.dim() - 1))                     # [m*n, ...], schedule-major
+    out = inp(rep(imgs), rep(masks), rep(ids), [mode for mode in SCHEDULES for _ in range(n)])
+    vq = inp.vqgan
+    final = inp.final(rep(imgs), rep(masks), out)
+    rows = [torch.cat([mask_tiles(out.masks[:, j * n], vq.latent_resolution, vq.img_resolution),
+                       final[j * n:(j + 1) * n]]) for j in range(m)]
+    save_grid(torch.cat(rows), path, nrow=rows[0].shape[0])
+    return [f"{mode}: {out.masks[:, j * n].sum(1).tolist()}" for j, mode in enumerate(SCHEDULES)]
+
+
+@torch.no_grad()
+def run(args):
+    try:
+        device = resolve_device(None if args.device == 'auto' else args.device)
+    except RuntimeError as e:
+        raise ValueError(str(e)) from None
+    model, cfg = load_maskgit(args, device)
+    mean, std = data_stats(cfg, 'test')
+    data = PairedTestDataset(args.test_maskedimage_path, args.test_mask_path, args.partial, mean, std)
+    check_sizes(data, model.vqgan.img_resolution)
+    loader = DataLoader(data, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers)
+    inp = Inpainter(model, args, mean, std)
+    for k, (imgs, masks, ids) in enumerate(tqdm(loader, desc='inpainting', unit='batch')):
+        imgs, masks = imgs.to(device), masks.to(device)
+        save_results(inp, imgs, masks, ids, inp(imgs, masks, ids, args.mask_func))
+        if k == 0:
+            summary = os.path.join(args.output_dir, 'schedules.png')
+            counts = save_schedules(inp, imgs, masks, ids, summary)
+            tqdm.write(f"masked tokens per step of image {ids[0].item()} -> {summary}\n  " + "\n  ".join(counts))
+    print(f"wrote {len(data)} images to {os.path.join(args.output_dir, 'test_results')}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (OSError, ValueError, KeyError) as e:
+        msg = f"missing config key {e} (in {args.MaskGitConfig} or its VQGAN config)" if isinstance(e, KeyError) else str(e)
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

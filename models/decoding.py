@@ -1,0 +1,165 @@
+"""Batched Gumbel-confidence iterative decoding (MaskGIT inpainting and generation).
+
+Works against any `logits_fn(tokens [B, N] long) -> logits [B, N, K+1]` (K = mask id) and any
+schedule `gamma(r)`, r in [0, 1]. Randomness comes from a counter-based hash of
+(image seed, step, position, stream), so an image decodes to the same tokens whatever batch it is in.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+
+_M32 = 0xFFFFFFFF
+_SAMPLE, _GUMBEL = 1, 2  # the two random streams
+
+
+# ----------------------------------------------------------------------------- counter-based RNG
+# int64 arithmetic on values kept below 2**32; products are split so nothing exceeds 2**49.
+
+def _mul32(x, c):
+    """(x * c) mod 2**32 for int64 tensors x in [0, 2**32) and a constant c < 2**32."""
+    return ((x & 0xFFFF) * c + ((((x >> 16) * c) & 0xFFFF) << 16)) & _M32
+
+
+def _hash32(x):
+    """Wellons' lowbias32 integer hash, elementwise on int64 tensors in [0, 2**32)."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def _mix(h, v):
+    """Fold a counter v (int or int64 tensor) into hash state h."""
+    v = torch.as_tensor(v, dtype=torch.int64, device=h.device) & _M32
+    return _hash32(h ^ _hash32(v))
+
+
+def image_seeds(seed, ids):
+    """Per-image seeds [B] int64 from a run seed and each image's own id (e.g. its file number)."""
+    ids = torch.as_tensor(ids, dtype=torch.int64)
+    h = _mix(_hash32(torch.full_like(ids, seed & _M32)), (seed >> 32) & _M32)
+    return _mix(_mix(h, ids & _M32), (ids >> 32) & _M32)
+
+
+def uniforms(seeds, step, stream, num_tokens):
+    """Uniforms in (0, 1), float64 [B, N], a pure function of (seed_b, step, stream, position)."""
+    h = _mix(_mix(_mix(seeds & _M32, (seeds >> 32) & _M32), stream), step)            # [B]
+    pos = _hash32(torch.arange(num_tokens, dtype=torch.int64, device=seeds.device))   # [N]
+    return (_hash32(h[:, None] ^ pos[None, :]).double() + 0.5) / 2.0 ** 32            # [B, N]
+
+
+# ----------------------------------------------------------------------------- schedule
+
+def mask_schedule(n_unknown, total_iter, gamma):
+    """Tokens still masked after each step, [T, B] long.
+
+    floor(n_unknown * gamma((t+1)/T)), but at least one token revealed per step while any remain,
+    and none left after the last step.
+    """
+    n_unknown = torch.as_tensor(n_unknown, dtype=torch.int64)
+    counts, prev = [], n_unknown
+    for t in range(total_iter):
+        g = float(gamma((t + 1) / total_iter))
+        k = torch.floor(n_unknown.double() * g).long()
+        k = torch.minimum(k, (prev - 1).clamp(min=0)).clamp(min=0)
+        if t == total_iter - 1:
+            k = torch.zeros_like(k)
+        counts.append(k)
+        prev = k
+    return torch.stack(counts)
+
+
+# ----------------------------------------------------------------------------- decoding
+
+@dataclass
+class Decoded:
+    tokens: torch.Tensor  # [B, N] final tokens, never the mask id
+    masks: torch.Tensor   # [S+1, B, N] bool, True = still unknown: [0] the start, [s] after step s
+    steps: torch.Tensor   # [S+1, B, N] tokens after each step, mask id where unknown ([0] the start)
+    preds: torch.Tensor   # [S, B, N] each pass's full guess: known tokens + that step's samples
+
+
+def _sample(logits, u, temperature):
+    """One token per row of logits [M, K] by inverse CDF with uniforms u [M] (argmax at temperature 0)."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    cdf = torch.softmax(logits / temperature, -1).cumsum(-1)                        # [M, K]
+    target = (u.to(cdf.dtype) * cdf[:, -1])[:, None]
+    return torch.searchsorted(cdf, target).squeeze(1).clamp_(max=logits.shape[-1] - 1)
+
+
+def _ranks(x):
+    """Rank of each entry within its row, 0 = smallest; ties broken by position (batch-independent)."""
+    order = x.argsort(dim=1, stable=True)
+    ar = torch.arange(x.shape[1], device=x.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, ar)
+
+
+@torch.no_grad()
+def decode(logits_fn, tokens, unknown, seeds, gamma, mask_id, total_iter=8, sweet_spot=0,
+           temperature=1.0, choice_temperature=4.5, schedule=None):
+    """Fill the unknown tokens of each row by iterative decoding.
+
+    tokens [B, N] long (values where unknown are ignored), unknown [B, N] bool (True = to fill),
+    seeds [B] int64 per image. Step t (r = (t+1)/T): one pass of logits_fn; the mask class is
+    dropped; each unknown token is sampled from softmax(logits / temperature); its confidence is
+    log p(sampled) under the model's softmax(logits) plus choice_temperature * (1 - r) * Gumbel
+    noise; the mask_schedule(...)[t] least confident unknown tokens stay masked, the rest take their
+    samples. sweet_spot s in 1..T-1 stops after step s and fills what is left with one more pass's
+    argmax; otherwise all T steps run. `schedule` [T, B] (counts per row, e.g. mask_schedule of several
+    gammas concatenated) replaces the one from gamma.
+    """
+    B, N = tokens.shape
+    dev = tokens.device
+    K = mask_id
+    seeds = torch.as_tensor(seeds, dtype=torch.int64, device=dev)
+    unknown = unknown.to(dev, torch.bool)
+    if schedule is None:
+        schedule = mask_schedule(unknown.sum(1).cpu(), total_iter, gamma)           # [T, B]
+    schedule = schedule.to(dev)
+    n_steps = total_iter if sweet_spot <= 0 or sweet_spot >= total_iter else sweet_spot
+
+    def logits_of(cur):
+        logits = logits_fn(cur)                                                     # [B, N, K+1]
+        if logits.shape != (B, N, K + 1):
+            raise ValueError(f"logits_fn returned shape {tuple(logits.shape)}; expected {(B, N, K + 1)}")
+        return logits[..., :K].float()                                              # [B, N, K]
+
+    masked = unknown
+    cur = torch.where(masked, K, tokens)
+    masks, steps, preds = [masked], [cur], []
+    for t in range(n_steps):
+        r = (t + 1) / total_iter
+        if not masked.any():  # nothing left to fill in any row: the pass would change nothing
+            masks.append(masked)
+            steps.append(cur)
+            preds.append(cur)
+            continue
+        logits = logits_of(cur)[masked]                                             # [M, K]
+        sampled = _sample(logits, uniforms(seeds, t, _SAMPLE, N)[masked], temperature)
+        logp = torch.log_softmax(logits, -1).gather(1, sampled[:, None]).squeeze(1)  # [M]
+        gumbel = -torch.log(-torch.log(uniforms(seeds, t, _GUMBEL, N)[masked]))
+        conf = torch.full((B, N), math.inf, device=dev, dtype=torch.float64)
+        conf[masked] = logp.double() + choice_temperature * (1 - r) * gumbel
+        pred = cur.masked_scatter(masked, sampled)                                  # [B, N]
+        masked = _ranks(conf) < schedule[t][:, None]   # least confident stay masked; known are +inf
+        cur = torch.where(masked, K, pred)
+        masks.append(masked)
+        steps.append(cur)
+        preds.append(pred)
+    if n_steps < total_iter:  # sweet spot: the most likely token for everything still masked
+        pred = torch.where(masked, logits_of(cur).argmax(-1), cur) if masked.any() else cur
+        masked = torch.zeros_like(masked)
+        cur = pred
+        masks.append(masked)
+        steps.append(cur)
+        preds.append(pred)
+    return Decoded(cur, torch.stack(masks), torch.stack(steps), torch.stack(preds))
+
+
+def generate(logits_fn, batch_size, num_tokens, seeds, gamma, mask_id, device='cpu', **kw):
+    """Images from nothing: every token unknown, the same decoding path."""
+    tokens = torch.full((batch_size, num_tokens), mask_id, dtype=torch.long, device=device)
+    return decode(logits_fn, tokens, torch.ones_like(tokens, dtype=torch.bool), seeds, gamma, mask_id, **kw)

@@ -1,0 +1,93 @@
+"""Token cache: a dataset encoded once by the frozen VQGAN, so training steps never run the VQGAN.
+
+One file per (image folder, --partial, flip) in `cache_dir`, `{folder}_{key}.pt`, written atomically:
+  {'meta': {...}, 'tokens': int16 [n_images, views, h*w]}  (views = 2 with horizontal flips, else 1)
+`meta` holds the VQGAN checkpoint's sha256, its config's model_param and normalisation, and a
+fingerprint of the image files (names, sizes, mtimes). Any difference makes the file stale: it is
+re-encoded and replaced.
+"""
+import hashlib
+import json
+import os
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from utils import ImageDataset, atomic_save, data_stats, list_images, load_checkpoint, load_config, sha256_file
+
+FORMAT = 1
+
+
+def _files_fingerprint(paths):
+    h = hashlib.sha256()
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{os.path.basename(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def cache_path(cache_dir, image_root, partial=1.0, flip=True):
+    ident = f"{os.path.abspath(image_root)}|{partial}|{flip}"
+    name = os.path.basename(os.path.normpath(image_root)) or 'images'
+    return os.path.join(cache_dir, f"{name}_{hashlib.sha256(ident.encode()).hexdigest()[:12]}.pt")
+
+
+def cache_meta(image_root, vq_config_path, vq_ckpt_path, partial=1.0, flip=True):
+    """What a cache file must match to be reused (computed without loading the VQGAN)."""
+    if not os.path.isfile(vq_ckpt_path):
+        raise FileNotFoundError(f"VQGAN checkpoint not found: {vq_ckpt_path} "
+                                f"(train one with training_vqgan.py or pass --vqgan-ckpt)")
+    vq_cfg = load_config(vq_config_path)
+    paths = list_images(image_root, partial)
+    mean, std = data_stats(vq_cfg, 'train')
+    return {
+        'format': FORMAT,
+        'vqgan_sha256': sha256_file(vq_ckpt_path),
+        'vqgan_model_param': json.dumps(vq_cfg.get('model_param'), sort_keys=True),
+        'mean': list(mean), 'std': list(std),
+        'n_images': len(paths), 'files': _files_fingerprint(paths),
+        'partial': float(partial), 'flip': bool(flip),
+    }
+
+
+@torch.no_grad()
+def encode_folder(vqgan, image_root, partial, flip, mean, std, batch_size=64, num_workers=0):
+    """Tokens int16 [n_images, views, h*w] of a folder's images (and their horizontal flips)."""
+    ds = ImageDataset(image_root, partial, mean, std)
+    dev = next(vqgan.parameters()).device
+    out = []
+    for x in tqdm(DataLoader(ds, batch_size=batch_size, num_workers=num_workers), desc=f"encode {image_root}",
+                  leave=False):
+        x = x.to(dev)
+        views = [x, x.flip(-1)] if flip else [x]
+        out.append(torch.stack([vqgan.encode_indices(v) for v in views], 1).to(torch.int16).cpu())  # [B, V, N]
+    return torch.cat(out)
+
+
+def load_tokens(image_root, vq_config_path, vq_ckpt_path, cache_dir, get_vqgan, partial=1.0, flip=True,
+                batch_size=64, num_workers=0, log=print):
+    """Cached tokens of `image_root` as int16 [n_images * views, h*w]; (re)built when missing or stale.
+
+    get_vqgan: a callable returning the frozen VQGAN, called only when the folder must be encoded.
+    """
+    meta = cache_meta(image_root, vq_config_path, vq_ckpt_path, partial, flip)
+    path = cache_path(cache_dir, image_root, partial, flip)
+    if os.path.isfile(path):
+        try:
+            cached = load_checkpoint(path)
+            old = cached['meta']
+        except (ValueError, KeyError, TypeError) as e:
+            log(f"token cache {path} is unreadable ({e}); re-encoding")
+        else:
+            changed = [k for k in meta if old.get(k) != meta[k]]
+            if not changed:
+                return cached['tokens'].flatten(0, 1)
+            log(f"token cache {path} is stale ({', '.join(changed)} changed); re-encoding")
+    vqgan = get_vqgan()
+    if vqgan.num_codebook_vectors > torch.iinfo(torch.int16).max:
+        raise ValueError(f"VQGAN has {vqgan.num_codebook_vectors} codes; the int16 token cache holds at most 32767")
+    tokens = encode_folder(vqgan, image_root, partial, flip, meta['mean'], meta['std'], batch_size, num_workers)
+    atomic_save({'meta': meta, 'tokens': tokens}, path)
+    log(f"token cache {path}: {tokens.shape[0]} images x {tokens.shape[1]} views x {tokens.shape[2]} tokens")
+    return tokens.flatten(0, 1)

@@ -1,0 +1,101 @@
+"""Bidirectional transformer for Masked Visual Token Modeling, in the course lab's layout.
+
+Non-attention keys and shapes equal the course's (`../shared/lab/transformer_state_dict_keys.txt`
+with configs/MaskGit.yml), so a student's transformer checkpoint loads with strict=True as long as
+its attention keys are ours. Attention is written by hand (never torch.nn.MultiheadAttention).
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class MultiHeadAttention(nn.Module):
+    """Self-attention: fused Q/K/V projection, split into heads, attend, merge heads, out projection.
+
+    `explicit=True` computes softmax(QK^T / sqrt(d)) V step by step (the reference the SDPA path is
+    tested against); the default uses F.scaled_dot_product_attention, which picks the flash /
+    memory-efficient kernels on GPU.
+    """
+
+    def __init__(self, dim=768, num_heads=16, attn_drop=0.1):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads, self.head_dim, self.attn_drop = num_heads, dim // num_heads, attn_drop
+        self.qkv = nn.Linear(dim, 3 * dim)  # Q, K and V projections in one matmul
+        self.out = nn.Linear(dim, dim)
+        self.explicit = False
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x [B, H, N, d]
+        p = self.attn_drop if self.training else 0.0
+        if self.explicit:
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # [B, H, N, N]
+            y = F.dropout(att.softmax(-1), p) @ v                         # [B, H, N, d]
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)      # [B, H, N, d]
+        return self.out(y.transpose(1, 2).reshape(b, n, c))              # merge heads: [B, N, C]
+
+
+class Encoder(nn.Module):
+    """Post-LN encoder block: x = LN1(x + drop(attn(x))); x = LN2(x + MLP(x))."""
+
+    def __init__(self, dim=768, hidden_dim=1536, num_heads=16, dropout=0.1):
+        super().__init__()
+        self.MultiHeadAttention = MultiHeadAttention(dim, num_heads, dropout)
+        self.LayerNorm1 = nn.LayerNorm(dim, eps=1e-12)
+        self.LayerNorm2 = nn.LayerNorm(dim, eps=1e-12)
+        self.MLP = nn.Sequential(nn.Linear(dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, dim), nn.Dropout(dropout))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        x = self.LayerNorm1(x + self.dropout(self.MultiHeadAttention(x)))
+        return self.LayerNorm2(x + self.MLP(x))
+
+
+class BidirectionalTransformer(nn.Module):
+    """tokens [B, N] long in 0..K (K = num_codebook_vectors is the mask id) -> logits [B, N, K+1].
+
+    Transformer_param: num_image_tokens, num_codebook_vectors, dim, n_layers, hidden_dim, and
+    optionally num_heads (16) and dropout (0.1), both absent from the course's config.
+    """
+
+    def __init__(self, Transformer_param):
+        super().__init__()
+        p = Transformer_param
+        n, k, dim = p['num_image_tokens'], p['num_codebook_vectors'], p['dim']
+        dropout = p.get('dropout', 0.1)
+        self.num_image_tokens, self.num_codebook_vectors = n, k
+        # registration order follows the course's state_dict
+        self.pos_emb = nn.Parameter(nn.init.trunc_normal_(torch.zeros(n, dim), 0.0, 0.02))
+        self.bias = nn.Parameter(torch.zeros(n, k + 1))  # per-position output bias
+        self.tok_emb = nn.Embedding(k + 1, dim)
+        self.blocks = nn.Sequential(*[Encoder(dim, p['hidden_dim'], p.get('num_heads', 16), dropout)
+                                      for _ in range(p['n_layers'])])
+        self.Token_Prediction = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim, eps=1e-12))
+        self.LN = nn.LayerNorm(dim, eps=1e-12)
+        self.drop = nn.Dropout(dropout)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if getattr(m, 'bias', None) is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def set_explicit_attention(self, explicit):
+        for blk in self.blocks:
+            blk.MultiHeadAttention.explicit = explicit
+
+    def forward(self, tokens):
+        n = tokens.shape[1]
+        x = self.drop(self.LN(self.tok_emb(tokens) + self.pos_emb[:n]))  # [B, N, C]
+        x = self.Token_Prediction(self.blocks(x))                          # [B, N, C]
+        return x @ self.tok_emb.weight.t() + self.bias[:n]                 # tied head: [B, N, K+1]

@@ -1,0 +1,317 @@
+"""prepare_dataset.py and the loaders of utils.py, on small image folders made here."""
+import gzip
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import prepare_dataset as pd
+from utils import (MASK_FILL, TEST_MEAN, TEST_STD, TRAIN_MEAN, TRAIN_STD, ImageDataset, MaskDataset,
+                   PairedTestDataset, data_stats, latent_mask, read_gt_csv, write_gt_csv)
+
+
+def make_source(root, n=40, seed=0):
+    """n distinct RGB images of odd sizes in two category folders, plus one exact duplicate."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        d = root / ('animals' if i % 2 else 'plants')
+        d.mkdir(parents=True, exist_ok=True)
+        w, h = int(rng.integers(20, 90)), int(rng.integers(20, 90))
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(d / f'img{i:03d}.png')
+    (root / 'plants' / 'copy_of_img001.png').write_bytes((root / 'animals' / 'img001.png').read_bytes())
+    return root
+
+
+def build(src, out, *extra):
+    return pd.main(['--source', str(src), '--out', str(out), '--test-count', '8', '--val-frac', '0.2',
+                    '--image-size', '32', '--workers', '1', *extra])
+
+
+def read_png(path):
+    with Image.open(path) as img:
+        return img.mode, np.asarray(img)
+
+
+@pytest.fixture(scope='module')
+def dataset(tmp_path_factory):
+    base = tmp_path_factory.mktemp('ds')
+    src = make_source(base / 'src')
+    assert build(src, base / 'out') == 0
+    return src, base / 'out'
+
+
+# ----------------------------------------------------------------------------- layout and conventions
+
+def test_layout_names_and_counts(dataset, capsys):
+    _, out = dataset
+    names = {d: sorted(os.listdir(out / d)) for d in ('train', 'val', 'test', 'mask64', 'masked_image')}
+    assert names['test'] == [f'image_{i:03d}.png' for i in range(8)]
+    assert names['masked_image'] == names['test']
+    assert names['mask64'] == [f'mask_{i:03d}.png' for i in range(8)]
+    # 40 distinct images (the copy is dropped): 8 test, the other 32 split 80/20
+    assert len(names['val']) == round(32 * 0.2) and len(names['train']) == 32 - len(names['val'])
+    assert names['train'] == [f'image_{i:05d}.png' for i in range(len(names['train']))]
+    assert {read_png(out / 'train' / n)[1].shape for n in names['train']} == {(32, 32, 3)}
+    labels = json.loads((out / 'labels.json').read_text())
+    assert set(labels) == {f'{d}/{n}' for d in ('train', 'val', 'test') for n in names[d]}
+    assert set(labels.values()) == {'animals', 'plants'}
+    assert not (out.parent / 'out.tmp').exists()
+
+
+def test_masks_follow_course_conventions(dataset):
+    _, out = dataset
+    fracs = []
+    for i in range(8):
+        mode, m = read_png(out / 'mask64' / f'mask_{i:03d}.png')
+        assert mode == 'L' and set(np.unique(m)) <= {0, 255}
+        hole = m == 0
+        assert 0 < hole.mean() < 1
+        fracs.append(hole.mean())
+        _, gt = read_png(out / 'test' / f'image_{i:03d}.png')
+        _, masked = read_png(out / 'masked_image' / f'image_{i:03d}.png')
+        assert (masked[hole] == MASK_FILL).all()
+        assert np.array_equal(masked[~hole], gt[~hole])
+    assert all(0.1 <= f <= 0.5 for f in fracs)
+
+
+def test_csv_round_trip_equals_test_pngs(dataset):
+    _, out = dataset
+    gt = read_gt_csv(out / 'test_gt.csv')
+    assert gt.shape == (8, 32, 32, 3) and gt.dtype == np.uint8
+    for i in range(8):
+        assert np.array_equal(gt[i], read_png(out / 'test' / f'image_{i:03d}.png')[1])
+    header = (out / 'test_gt.csv').read_text().splitlines()[0].split(',')
+    assert header == [str(i) for i in range(32 * 32 * 3)]
+
+
+def test_split_is_deterministic_and_independent_of_listing(dataset, tmp_path):
+    src, out = dataset
+    # the same images under other names and folders give the same split and the same files
+    renamed = tmp_path / 'renamed'
+    for i, p in enumerate(sorted(src.rglob('*.png'), reverse=True)):
+        (renamed / ('c' if i % 3 else 'd')).mkdir(parents=True, exist_ok=True)
+        (renamed / ('c' if i % 3 else 'd') / f'z{i}.png').write_bytes(p.read_bytes())
+    assert build(renamed, tmp_path / 'again') == 0
+    for d in ('test', 'mask64', 'masked_image'):
+        for name in os.listdir(out / d):
+            assert (out / d / name).read_bytes() == (tmp_path / 'again' / d / name).read_bytes(), (d, name)
+    as_set = lambda root, d: {read_png(p)[1].tobytes() for p in (root / d).iterdir()}
+    assert as_set(out, 'train') == as_set(tmp_path / 'again', 'train')
+    assert build(src, tmp_path / 'other_seed', '--seed', '1') == 0
+    assert as_set(out, 'test') != as_set(tmp_path / 'other_seed', 'test')
+
+
+def test_duplicates_dropped_and_summary_printed(tmp_path, capsys):
+    src = make_source(tmp_path / 'src', n=12)
+    (tmp_path / 'src' / 'animals' / 'again.png').write_bytes((src / 'plants' / 'img000.png').read_bytes())
+    assert build(src, tmp_path / 'out') == 0
+    line = capsys.readouterr().out
+    assert 'skipped: 2 duplicates' in line and 'test 8' in line and '2 classes' in line
+
+
+def test_transparent_palette_and_greyscale_images_composited_on_white(tmp_path):
+    src = tmp_path / 'src'
+    src.mkdir()
+    rgba = np.zeros((40, 20, 4), np.uint8)  # fully transparent, tall: padded to square
+    rgba[:, :, 0] = 200
+    Image.fromarray(rgba, 'RGBA').save(src / 'rgba.png')
+    pal = Image.new('P', (30, 30), 0)
+    pal.putpalette([10, 20, 30] + [0, 0, 0] * 255)
+    pal.info['transparency'] = 0
+    pal.save(src / 'palette.png', transparency=0)
+    la = np.zeros((30, 30, 2), np.uint8)
+    la[:, :, 0] = 50
+    la[:15, :, 1] = 255  # top half opaque dark grey, bottom half transparent
+    Image.fromarray(la, 'LA').save(src / 'grey_alpha.png')
+    for p in sorted(src.iterdir()):
+        with Image.open(p) as img:
+            a = np.asarray(pd.to_square_rgb(img, 16))
+        assert a.shape == (16, 16, 3)
+        if p.name == 'grey_alpha.png':
+            assert (a[2, :, :] < 80).all() and (a[13, :, :] > 240).all()
+        else:
+            assert (a > 240).all(), p.name  # transparent -> white, never the hidden colour
+
+
+def test_oversized_images_skipped_and_unreadable_counted(tmp_path, capsys):
+    src = make_source(tmp_path / 'src', n=12)
+    Image.new('RGB', (400, 300), 'red').save(src / 'animals' / 'huge.png')
+    (src / 'plants' / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n not really')
+    assert build(src, tmp_path / 'out', '--max-pixels', '100000') == 0
+    line = capsys.readouterr().out
+    assert '1 unreadable' in line and '1 over --max-pixels' in line
+    assert pd.load_source_image((str(src / 'animals' / 'huge.png'), 16, 100_000)) == ('too_large', None)
+
+
+# ----------------------------------------------------------------------------- masks
+
+def test_mask_generator_fraction_and_determinism():
+    fracs = []
+    for i in range(60):
+        m = pd.make_mask(64, np.random.default_rng([3, i]), 0.1, 0.5)
+        assert m.mode == 'L' and m.size == (64, 64)
+        a = np.asarray(m)
+        assert set(np.unique(a)) == {0, 255}
+        fracs.append(pd.hole_fraction(m))
+        assert np.array_equal(a, np.asarray(pd.make_mask(64, np.random.default_rng([3, i]), 0.1, 0.5)))
+    assert min(fracs) > 0 and max(fracs) <= 0.5
+    assert np.mean([f >= 0.1 for f in fracs]) > 0.9  # the target is almost always reached
+    tight = [pd.hole_fraction(pd.make_mask(64, np.random.default_rng(i), 0.3, 0.35)) for i in range(20)]
+    assert max(tight) <= 0.35 and np.mean(tight) > 0.25
+
+
+# ----------------------------------------------------------------------------- Fashion-MNIST
+
+def write_idx(path, array):
+    header = struct.pack('>BBBB', 0, 0, 8, array.ndim) + b''.join(struct.pack('>I', s) for s in array.shape)
+    with gzip.open(path, 'wb') as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_official_split_and_labels(tmp_path):
+    fm = tmp_path / 'fm'
+    fm.mkdir()
+    rng = np.random.default_rng(0)
+    official = {}
+    for prefix, n in (('train', 30), ('t10k', 12)):
+        official[prefix] = rng.integers(0, 256, (n, 28, 28)).astype(np.uint8)
+        write_idx(fm / f'{prefix}-images-idx3-ubyte.gz', official[prefix])
+        write_idx(fm / f'{prefix}-labels-idx1-ubyte.gz', np.arange(n) % 10)
+    out = tmp_path / 'out'
+    assert pd.main(['--source', 'fashion-mnist', '--fashion-mnist-dir', str(fm), '--out', str(out),
+                    '--test-count', '10', '--val-frac', '0.1', '--image-size', '32']) == 0
+    assert len(os.listdir(out / 'test')) == 10 and len(os.listdir(out / 'val')) == 3
+    assert len(os.listdir(out / 'train')) == 27
+    as_png = lambda a: np.asarray(pd.to_square_rgb(Image.fromarray(a, 'L'), 32)).tobytes()
+    label_of = {prefix: {as_png(a): pd.FASHION_MNIST_LABELS[i % 10] for i, a in enumerate(imgs)}
+                for prefix, imgs in official.items()}
+    labels = json.loads((out / 'labels.json').read_text())
+    for split, prefix in (('test', 't10k'), ('train', 'train'), ('val', 'train')):
+        for name in os.listdir(out / split):  # each image from its official split, with its own label
+            key = read_png(out / split / name)[1].tobytes()
+            assert label_of[prefix][key] == labels[f'{split}/{name}']
+    assert pd.main(['--source', 'fashion-mnist', '--fashion-mnist-dir', str(tmp_path / 'none'),
+                    '--out', str(tmp_path / 'o2')]) == 2
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_missing_and_empty_sources_are_one_line_errors(tmp_path, capsys):
+    assert pd.main(['--source', str(tmp_path / 'nowhere'), '--out', str(tmp_path / 'o')]) == 2
+    assert 'source folder not found' in capsys.readouterr().err
+    (tmp_path / 'empty').mkdir()
+    (tmp_path / 'empty' / 'notes.txt').write_text('no images here')
+    assert pd.main(['--source', str(tmp_path / 'empty'), '--out', str(tmp_path / 'o')]) == 2
+    err = capsys.readouterr().err
+    assert 'no images found under' in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / 'o').exists()
+
+
+def test_too_few_images_for_the_test_split(tmp_path, capsys):
+    src = make_source(tmp_path / 'src', n=5)
+    assert build(src, tmp_path / 'out') == 2
+    assert 'only 5 images available for the test split' in capsys.readouterr().err
+    assert not (tmp_path / 'out').exists()
+
+
+def test_non_empty_output_refused_without_overwrite(tmp_path, capsys):
+    src = make_source(tmp_path / 'src', n=12)
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'keep.txt').write_text('precious')
+    assert build(src, out) == 2
+    assert 'is not empty (use --overwrite' in capsys.readouterr().err
+    assert (out / 'keep.txt').read_text() == 'precious'
+    assert build(src, out, '--overwrite') == 0
+    assert not (out / 'keep.txt').exists() and (out / 'test_gt.csv').exists()
+
+
+def test_crash_leaves_no_dataset_that_looks_complete(tmp_path, monkeypatch):
+    src = make_source(tmp_path / 'src', n=12)
+    out = tmp_path / 'out'
+    assert build(src, out) == 0
+    before = sorted(p.relative_to(out) for p in out.rglob('*'))
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt  # e.g. Ctrl-C while the CSV is being written
+
+    monkeypatch.setattr(pd, 'write_gt_csv', boom)
+    with pytest.raises(KeyboardInterrupt):
+        build(src, out, '--overwrite', '--seed', '5')
+    assert sorted(p.relative_to(out) for p in out.rglob('*')) == before  # the old dataset is untouched
+    monkeypatch.undo()
+    assert build(src, out, '--overwrite', '--seed', '5') == 0  # the leftover out.tmp is not reused
+    assert not (tmp_path / 'out.tmp').exists()
+
+
+def test_bad_flags_rejected():
+    for argv in (['--hole-min', '0.6', '--hole-max', '0.5'], ['--hole-max', '1.0'], ['--val-frac', '1'],
+                 ['--test-count', '0']):
+        with pytest.raises(SystemExit):
+            pd.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- loaders (utils.py)
+
+def test_image_dataset_sorted_partial_and_normalised(dataset):
+    _, out = dataset
+    ds = ImageDataset(out / 'train', partial=0.5)
+    files = sorted(os.listdir(out / 'train'))
+    assert [os.path.basename(p) for p in ds.paths] == files[:int(len(files) * 0.5)]
+    x = ds[0]
+    raw = torch.from_numpy(read_png(out / 'train' / files[0])[1].copy()).permute(2, 0, 1).float() / 255
+    mean, std = torch.tensor(TRAIN_MEAN)[:, None, None], torch.tensor(TRAIN_STD)[:, None, None]
+    assert x.shape == (3, 32, 32) and torch.allclose(x, (raw - mean) / std, atol=1e-6)
+    with pytest.raises(ValueError, match='--partial'):
+        ImageDataset(out / 'train', partial=0)
+
+
+def test_stats_come_from_config_with_course_defaults():
+    assert data_stats({}, 'train') == (TRAIN_MEAN, TRAIN_STD)
+    assert data_stats({}, 'test') == (TEST_MEAN, TEST_STD)
+    cfg = {'data': {'train_mean': [0.5, 0.5, 0.5], 'train_std': [0.25, 0.25, 0.25]}}
+    assert data_stats(cfg, 'train') == ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    assert data_stats(cfg, 'test') == (TEST_MEAN, TEST_STD)
+
+
+def test_paired_test_set_and_masks(dataset, tmp_path):
+    _, out = dataset
+    ds = PairedTestDataset(out / 'masked_image', out / 'mask64')
+    img, mask, idx = ds[3]
+    assert img.shape == (3, 32, 32) and mask.shape == (1, 32, 32) and idx == 3
+    assert set(mask.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(MaskDataset(out / 'mask64')[3], mask)
+    # a masked image without its mask is named in the error
+    imgs, masks = tmp_path / 'imgs', tmp_path / 'masks'
+    imgs.mkdir(), masks.mkdir()
+    for i in (0, 1, 2):
+        (imgs / f'image_{i:03d}.png').write_bytes((out / 'masked_image' / f'image_{i:03d}.png').read_bytes())
+    for i in (0, 2):
+        (masks / f'mask_{i:03d}.png').write_bytes((out / 'mask64' / f'mask_{i:03d}.png').read_bytes())
+    with pytest.raises(ValueError, match=r'image_001\.png has no mask'):
+        PairedTestDataset(imgs, masks)
+    (masks / 'mask_001.png').write_bytes((out / 'mask64' / 'mask_001.png').read_bytes())
+    (masks / 'mask_009.png').write_bytes((out / 'mask64' / 'mask_001.png').read_bytes())
+    with pytest.raises(ValueError, match=r'mask_009\.png has no masked image'):
+        PairedTestDataset(imgs, masks)
+
+
+def test_latent_mask_of_dataset_masks_matches_the_rule(dataset):
+    _, out = dataset
+    m = MaskDataset(out / 'mask64')[0][None]  # [1, 1, 32, 32]
+    lm = latent_mask(m)
+    assert lm.shape == (1, 8, 8)
+    blocks = m[0, 0].reshape(8, 4, 8, 4).permute(0, 2, 1, 3).reshape(8, 8, 16)
+    assert torch.equal(lm[0], (blocks < 1).any(-1))  # unknown iff any pixel of the 4x4 block is a hole
+
+
+def test_gt_csv_bad_width_is_a_clear_error(tmp_path):
+    write_gt_csv(np.zeros((2, 8, 8, 3), np.uint8), tmp_path / 'ok.csv')
+    assert read_gt_csv(tmp_path / 'ok.csv').shape == (2, 8, 8, 3)
+    (tmp_path / 'bad.csv').write_text('a,b,c,d\n1,2,3,4\n')
+    with pytest.raises(ValueError, match='rows of 4 values'):
+        read_gt_csv(tmp_path / 'bad.csv')

@@ -1,0 +1,382 @@
+"""Batched Gumbel-confidence decoding (models/decoding.py) and the inpainting.py script."""
+import math
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import inpainting  # noqa: E402
+from models.decoding import _hash32, _sample, decode, generate, image_seeds, mask_schedule, uniforms  # noqa: E402
+from models.maskgit import MaskGit, gamma_func  # noqa: E402
+from models.transformer import BidirectionalTransformer  # noqa: E402
+from models.vqgan import VQGAN  # noqa: E402
+from utils import atomic_save, latent_mask  # noqa: E402
+
+K, SIDE = 32, 8
+N = SIDE * SIDE
+COSINE = gamma_func('cosine')
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    """Tiny tensors: thread sync costs more than it saves, badly so on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope='module')
+def transformer():
+    """A tiny random transformer with peaky logits (embeddings scaled up), eval mode."""
+    torch.manual_seed(0)
+    m = BidirectionalTransformer(dict(num_image_tokens=N, num_codebook_vectors=K, dim=32, n_layers=2,
+                                      hidden_dim=64, num_heads=4)).eval()
+    with torch.no_grad():
+        m.tok_emb.weight.normal_(0, 1.0)
+    return m
+
+
+def row_model(mask_logit=0.0):
+    """logits_fn whose row b depends only on row b's tokens; the mask class gets `mask_logit`."""
+    g = torch.Generator().manual_seed(1)
+    emb, w, pos = torch.randn(K + 1, 8, generator=g), torch.randn(8, K + 1, generator=g) * 2, torch.randn(N, K + 1, generator=g)
+
+    def fn(tokens):
+        x = emb[tokens]                                             # [B, N, 8]
+        logits = (x + x.mean(1, keepdim=True)) @ w + pos            # [B, N, K+1]
+        logits[..., K] = mask_logit
+        return logits
+    return fn
+
+
+def random_problem(counts, seed=0):
+    """tokens [B, N] and unknown [B, N] with the given numbers of unknown tokens per row."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, K, (len(counts), N), generator=g)
+    unknown = torch.zeros(len(counts), N, dtype=torch.bool)
+    for b, c in enumerate(counts):
+        unknown[b, torch.randperm(N, generator=g)[:c]] = True
+    return tokens, unknown
+
+
+def run(fn, tokens, unknown, seeds=None, **kw):
+    seeds = torch.arange(len(tokens)) + 100 if seeds is None else seeds
+    return decode(fn, tokens, unknown, seeds, kw.pop('gamma', COSINE), K, **kw)
+
+
+# ----------------------------------------------------------------------------- RNG, sampler, schedule
+
+def test_hash_matches_reference_lowbias32_without_overflow():
+    def ref(x):
+        x ^= x >> 16
+        x = (x * 0x7FEB352D) & 0xFFFFFFFF
+        x ^= x >> 15
+        x = (x * 0x846CA68B) & 0xFFFFFFFF
+        return x ^ (x >> 16)
+    rng = random.Random(0)
+    xs = [0, 1, 0xFFFF, 0x10000, 0xFFFFFFFF] + [rng.getrandbits(32) for _ in range(2000)]
+    assert _hash32(torch.tensor(xs)).tolist() == [ref(x) for x in xs]
+
+
+def test_uniforms_per_image_and_independent_of_batch():
+    seeds = image_seeds(7, [0, 1, 2, 2**40, -3])
+    u = uniforms(seeds, 3, 1, N)
+    assert u.shape == (5, N) and u.min() > 0 and u.max() < 1
+    assert abs(u.mean().item() - 0.5) < 0.05
+    for b in range(5):
+        assert torch.equal(uniforms(seeds[b:b + 1], 3, 1, N), u[b:b + 1])
+    assert not torch.equal(uniforms(seeds, 3, 2, N), u)   # another stream
+    assert not torch.equal(uniforms(seeds, 4, 1, N), u)   # another step
+    assert len(set(seeds.tolist())) == 5
+
+
+def test_inverse_cdf_sampler_frequencies():
+    p = torch.tensor([0.2, 0.5, 0.3])
+    logits = p.log().expand(40000, 3)
+    u = uniforms(image_seeds(0, [1]), 0, 1, 40000)[0]
+    freq = torch.bincount(_sample(logits, u, 1.0), minlength=3).float() / 40000
+    assert torch.allclose(freq, p, atol=0.01)
+    p_half = p ** 2 / (p ** 2).sum()  # temperature 0.5 squares the probabilities
+    freq = torch.bincount(_sample(logits, u, 0.5), minlength=3).float() / 40000
+    assert torch.allclose(freq, p_half, atol=0.01)
+    assert torch.equal(_sample(logits[:4], u[:4], 0.0), torch.ones(4, dtype=torch.long))
+
+
+def test_schedule_counts_by_hand():
+    # floor(256 cos(pi/2 (t+1)/8)) computed by hand; n=3 shows the at-least-one-per-step rule
+    counts = mask_schedule(torch.tensor([256, 3, 1, 0]), 8, COSINE)
+    assert counts[:, 0].tolist() == [251, 236, 212, 181, 142, 97, 49, 0]
+    assert counts[:, 1].tolist() == [2, 1, 0, 0, 0, 0, 0, 0]
+    assert counts[:, 2].tolist() == [0] * 8 and counts[:, 3].tolist() == [0] * 8
+    assert mask_schedule(torch.tensor([100]), 4, gamma_func('linear'))[:, 0].tolist() == [75, 50, 25, 0]
+    assert mask_schedule(torch.tensor([100]), 4, gamma_func('square'))[:, 0].tolist() == [93, 75, 43, 0]
+
+
+def test_latent_mask_from_hand_made_pixel_mask():
+    m = torch.ones(1, 1, 8, 12)
+    m[0, 0, 1, 6] = 0          # one hole pixel in token (0, 1)
+    m[0, 0, 4:8, 0:4] = 0      # token (1, 0) all hole
+    m[0, 0, 7, 11] = 0         # corner pixel of token (1, 2)
+    expected = torch.tensor([[[False, True, False], [True, False, True]]])
+    assert torch.equal(latent_mask(m, 4), expected)
+
+
+# ----------------------------------------------------------------------------- decoding
+
+def test_known_tokens_never_change_and_reveals_are_final(transformer):
+    tokens, unknown = random_problem([40, 17, 64, 3])
+    out = run(transformer, tokens, unknown, total_iter=6)
+    assert torch.equal(out.tokens[~unknown], tokens[~unknown])
+    for s in range(out.steps.shape[0]):
+        assert torch.equal(out.steps[s][~unknown], tokens[~unknown])
+        assert torch.equal(out.masks[s] & ~unknown, torch.zeros_like(unknown))
+    for s in range(out.steps.shape[0] - 1):
+        assert not (out.masks[s + 1] & ~out.masks[s]).any()          # nothing is re-masked
+        shown = ~out.masks[s]
+        assert torch.equal(out.steps[s + 1][shown], out.steps[s][shown])  # revealed tokens stay
+    assert torch.equal(out.steps[-1], out.tokens) and not out.masks[-1].any()
+
+
+def test_masked_count_after_each_step_follows_schedule(transformer):
+    counts = [64, 40, 9, 1, 0]
+    tokens, unknown = random_problem(counts)
+    for mode in ('cosine', 'linear', 'square', 'arccos', 'root'):
+        g = gamma_func(mode)
+        out = run(transformer, tokens, unknown, total_iter=7, gamma=g)
+        got = out.masks.sum(2)                                        # [T+1, B]
+        assert got[0].tolist() == counts
+        for b, n in enumerate(counts):
+            prev = n
+            for t in range(7):
+                want = 0 if t == 6 else min(math.floor(n * g((t + 1) / 7)), max(prev - 1, 0))
+                assert got[t + 1, b].item() == want, (mode, b, t)
+                prev = want
+
+
+def test_batched_equals_single_image_runs(transformer):
+    tokens, unknown = random_problem([64, 31, 10, 1, 0], seed=3)
+    seeds = image_seeds(5, [4, 9, 1, 7, 2])
+    for kw in (dict(), dict(temperature=0.0), dict(sweet_spot=3, temperature=2.0)):
+        full = run(transformer, tokens, unknown, seeds, total_iter=6, **kw)
+        for b in range(5):
+            one = run(transformer, tokens[b:b + 1], unknown[b:b + 1], seeds[b:b + 1], total_iter=6, **kw)
+            assert torch.equal(one.tokens, full.tokens[b:b + 1])
+            assert torch.equal(one.masks, full.masks[:, b:b + 1])
+            assert torch.equal(one.preds, full.preds[:, b:b + 1])
+
+
+def test_per_row_schedules_equal_separate_runs():
+    fn = row_model()
+    tokens, unknown = random_problem([50, 50, 20])
+    seeds = image_seeds(0, [0, 1, 2])
+    lin, cos = gamma_func('linear'), COSINE
+    counts = unknown.sum(1)
+    sched = torch.stack([mask_schedule(counts[:1], 5, lin)[:, 0], mask_schedule(counts[1:], 5, cos)[:, 0],
+                         mask_schedule(counts[1:], 5, cos)[:, 1]], 1)         # row 0 linear, rows 1-2 cosine
+    mixed = decode(fn, tokens, unknown, seeds, None, K, 5, schedule=sched)
+    a = decode(fn, tokens[:1], unknown[:1], seeds[:1], lin, K, 5)
+    b = decode(fn, tokens[1:], unknown[1:], seeds[1:], cos, K, 5)
+    assert torch.equal(mixed.masks, torch.cat([a.masks, b.masks], 1))
+    assert torch.equal(mixed.tokens, torch.cat([a.tokens, b.tokens]))
+    assert a.masks[:, 0].sum(1).tolist() != b.masks[:, 0].sum(1).tolist()   # 50 unknown each, other counts
+
+
+def test_sweet_spot_semantics():
+    fn = row_model()
+    tokens, unknown = random_problem([64, 30, 5])
+    T = 6
+    full = run(fn, tokens, unknown, total_iter=T)
+    assert full.masks.shape[0] == T + 1
+    for s in (0, -2, T, T + 3):
+        o = run(fn, tokens, unknown, total_iter=T, sweet_spot=s)
+        assert torch.equal(o.tokens, full.tokens) and o.masks.shape[0] == T + 1
+    for s in (1, T - 1):
+        o = run(fn, tokens, unknown, total_iter=T, sweet_spot=s)
+        assert o.masks.shape[0] == s + 2                             # start, s steps, the fill
+        assert torch.equal(o.masks[:s + 1], full.masks[:s + 1])      # same first s steps
+        assert torch.equal(o.steps[s], full.steps[s])
+        left = o.masks[s]
+        assert left.any() and not o.masks[-1].any() and (o.tokens < K).all()
+        best = fn(o.steps[s])[..., :K].argmax(-1)
+        assert torch.equal(o.tokens[left], best[left])
+        assert torch.equal(o.tokens[~left], o.steps[s][~left])
+
+
+def test_mask_id_never_decoded():
+    fn = row_model(mask_logit=1e4)   # the mask class would win every draw if it were not dropped
+    tokens, unknown = random_problem([64, 20])
+    for kw in (dict(), dict(temperature=0.0), dict(temperature=5.0), dict(sweet_spot=2)):
+        out = run(fn, tokens, unknown, total_iter=5, **kw)
+        assert (out.tokens < K).all() and (out.preds < K).all()
+
+
+def test_deterministic_under_seed_and_seed_matters(transformer):
+    tokens, unknown = random_problem([64, 50])
+    a = run(transformer, tokens, unknown, image_seeds(1, [0, 1]), total_iter=5)
+    b = run(transformer, tokens, unknown, image_seeds(1, [0, 1]), total_iter=5)
+    c = run(transformer, tokens, unknown, image_seeds(2, [0, 1]), total_iter=5)
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.masks, b.masks)
+    assert not torch.equal(a.tokens, c.tokens)
+
+
+def test_greedy_reveals_the_most_confident():
+    fn = row_model()
+    tokens, unknown = random_problem([64, 33])
+    out = run(fn, tokens, unknown, total_iter=4, temperature=0.0, choice_temperature=0.0)
+    conf = fn(out.steps[0])[..., :K].log_softmax(-1).max(-1).values    # [B, N]
+    for b in range(2):
+        kept, shown = conf[b][out.masks[1, b]], conf[b][unknown[b] & ~out.masks[1, b]]
+        assert len(shown) > 0 and kept.max() <= shown.min()
+    assert torch.equal(out.preds[0][unknown], fn(out.steps[0])[..., :K].argmax(-1)[unknown])
+
+
+def test_generation_mode_fills_everything(transformer):
+    seeds = image_seeds(0, [0, 1, 2])
+    out = generate(transformer, 3, N, seeds, COSINE, K, total_iter=5)
+    assert out.tokens.shape == (3, N) and (out.tokens < K).all() and out.masks[0].all()
+    same = decode(transformer, torch.zeros(3, N, dtype=torch.long), torch.ones(3, N, dtype=torch.bool),
+                  seeds, COSINE, K, total_iter=5)
+    assert torch.equal(out.tokens, same.tokens)
+
+
+def test_wrong_logits_shape_is_an_error():
+    tokens, unknown = random_problem([10])
+    with pytest.raises(ValueError, match="expected"):
+        decode(lambda t: torch.zeros(*t.shape, K), tokens, unknown, [0], COSINE, K)
+
+
+# ----------------------------------------------------------------------------- the script
+
+IMG, LAT, CODES = 16, 4, 16
+VQ_PARAM = dict(image_channels=3, enc_channels=[8, 8, 8], dec_channels=[8, 8], latent_dim=8, img_resolution=IMG,
+                latent_resolution=LAT, num_codebook_vectors=CODES, beta=0.25, gn_groups=4, enc_res_blocks=1,
+                dec_res_blocks=1)
+IDS = (3, 10, 11)
+
+
+def maskgit_param(tmp, dim=16):
+    return dict(VQ_Configs=dict(VQ_config_path=str(tmp / 'vq.yml'), VQ_CKPT_path=str(tmp / 'vq.pt')),
+                num_image_tokens=LAT * LAT, num_codebook_vectors=CODES, choice_temperature=4.5, gamma_type='cosine',
+                Transformer_param=dict(num_image_tokens=LAT * LAT, num_codebook_vectors=CODES, dim=dim, n_layers=1,
+                                       hidden_dim=2 * dim, num_heads=2))
+
+
+def hole_mask(i):
+    """Mode-L mask, 0 = hole: a 3x5 hole whose place depends on i."""
+    a = np.full((IMG, IMG), 255, np.uint8)
+    a[i % 8:i % 8 + 3, 5:10] = 0
+    return a
+
+
+@pytest.fixture(scope='module')
+def lab(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('lab')
+    torch.manual_seed(0)
+    (tmp / 'vq.yml').write_text(yaml.safe_dump(dict(model_param=VQ_PARAM)))
+    atomic_save(VQGAN(VQ_PARAM).state_dict(), str(tmp / 'vq.pt'))
+    (tmp / 'mg.yml').write_text(yaml.safe_dump(dict(model_param=maskgit_param(tmp))))
+    atomic_save(MaskGit(maskgit_param(tmp)).transformer.state_dict(), str(tmp / 'tr.pt'))
+    rng = np.random.default_rng(0)
+    (tmp / 'img').mkdir()
+    (tmp / 'mask').mkdir()
+    for i in IDS:
+        img = rng.integers(0, 256, (IMG, IMG, 3), dtype=np.uint8)
+        m = hole_mask(i)
+        img[m == 0] = 128
+        Image.fromarray(img).save(tmp / 'img' / f'image_{i:03d}.png')
+        Image.fromarray(m, 'L').save(tmp / 'mask' / f'mask_{i:03d}.png')
+    return tmp
+
+
+def cli(lab, out, *extra, img=None, mask=None, ckpt=None, cfg=None):
+    return inpainting.main(['--device', 'cpu', '--MaskGitConfig', str(cfg or lab / 'mg.yml'),
+                            '--load-transformer-ckpt-path', str(ckpt or lab / 'tr.pt'),
+                            '--test-maskedimage-path', str(img or lab / 'img'),
+                            '--test-mask-path', str(mask or lab / 'mask'),
+                            '--total-iter', '4', '--output-dir', str(out), *extra])
+
+
+def test_script_outputs_and_batch_invariance(lab, tmp_path):
+    assert cli(lab, tmp_path / 'a', '--batch-size', '2') == 0
+    assert cli(lab, tmp_path / 'b', '--batch-size', '1') == 0
+    tile = IMG + 2
+    for i in IDS:
+        a = np.asarray(Image.open(tmp_path / 'a' / 'test_results' / f'image_{i:03d}.png'))
+        assert a.shape == (IMG, IMG, 3)
+        assert np.array_equal(a, np.asarray(Image.open(tmp_path / 'b' / 'test_results' / f'image_{i:03d}.png')))
+        sched = np.asarray(Image.open(tmp_path / 'a' / 'mask_scheduling' / f'test_{i}.png'))
+        steps = np.asarray(Image.open(tmp_path / 'a' / 'imga' / f'test_{i}.png'))
+        assert sched.shape == steps.shape == (tile + 2, 5 * tile + 2, 3)   # 4 steps + start / input
+        # first tile: the latent mask of the hand-made pixel mask (white = known), last tile all known
+        first = sched[2:2 + IMG, 2:2 + IMG, 0][::IMG // LAT, ::IMG // LAT] == 255
+        want = ~latent_mask(torch.from_numpy(hole_mask(i) / 255.0)[None].float(), IMG // LAT)[0].numpy()
+        assert np.array_equal(first, want) and not want.all()
+        assert (sched[2:2 + IMG, 4 * tile + 2:4 * tile + 2 + IMG] == 255).all()
+        inp = np.asarray(Image.open(lab / 'img' / f'image_{i:03d}.png')).astype(int)
+        assert np.abs(steps[2:2 + IMG, 2:2 + IMG].astype(int) - inp).max() <= 1   # input first
+    names = sorted(p.name for p in (tmp_path / 'a' / 'test_results').iterdir())
+    assert names == [f'image_{i:03d}.png' for i in IDS]
+    assert (tmp_path / 'a' / 'schedules.png').is_file()
+    # 5 schedules x (5 mask tiles + the 2 results of the first batch)
+    assert Image.open(tmp_path / "a" / "schedules.png").size == (7 * tile + 2, 5 * tile + 2)
+
+
+def test_script_paste_known_and_sweet_spot(lab, tmp_path):
+    assert cli(lab, tmp_path, '--paste-known', '--sweet-spot', '1', '--batch-size', '3') == 0
+    i = IDS[0]
+    out = np.asarray(Image.open(tmp_path / 'test_results' / f'image_{i:03d}.png')).astype(int)
+    inp = np.asarray(Image.open(lab / 'img' / f'image_{i:03d}.png')).astype(int)
+    keep = hole_mask(i) == 255
+    assert np.abs(out[keep] - inp[keep]).max() <= 1
+    assert Image.open(tmp_path / 'mask_scheduling' / f'test_{i}.png').size[0] == 3 * (IMG + 2) + 2  # start, 1, fill
+
+
+def test_script_accepts_training_state_dict(lab, tmp_path):
+    atomic_save(dict(transformer=torch.load(lab / 'tr.pt', weights_only=True), epoch=3), str(tmp_path / 'state.pt'))
+    assert cli(lab, tmp_path / 'o', '--partial', '0.4', ckpt=tmp_path / 'state.pt') == 0
+    assert [p.name for p in (tmp_path / 'o' / 'test_results').iterdir()] == ['image_003.png']
+
+
+def _copy(lab, dst, drop=()):
+    dst.mkdir()
+    for sub in ('img', 'mask'):
+        (dst / sub).mkdir()
+        for p in (lab / sub).iterdir():
+            if p.name not in drop:
+                (dst / sub / p.name).write_bytes(p.read_bytes())
+    return dst
+
+
+def _error(capsys, rc):
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith('error: ') and '\n' not in err and 'Traceback' not in err
+    return err
+
+
+def test_bad_inputs_give_one_line_errors(lab, tmp_path, capsys):
+    d = _copy(lab, tmp_path / 'nomask', drop=('mask_010.png',))
+    assert 'image_010.png' in _error(capsys, cli(lab, tmp_path / 'o', img=d / 'img', mask=d / 'mask'))
+    d = _copy(lab, tmp_path / 'noimage', drop=('image_011.png',))
+    assert 'mask_011.png' in _error(capsys, cli(lab, tmp_path / 'o', img=d / 'img', mask=d / 'mask'))
+    d = _copy(lab, tmp_path / 'size')
+    Image.new('RGB', (2 * IMG, 2 * IMG)).save(d / 'img' / 'image_020.png')
+    Image.new('L', (2 * IMG, 2 * IMG), 255).save(d / 'mask' / 'mask_020.png')
+    err = _error(capsys, cli(lab, tmp_path / 'o', img=d / 'img', mask=d / 'mask'))
+    assert 'image_020.png' in err and f'{2 * IMG}x{2 * IMG}' in err
+    (tmp_path / 'empty').mkdir()
+    assert 'no masked image files' in _error(capsys, cli(lab, tmp_path / 'o', img=tmp_path / 'empty'))
+    assert 'not found' in _error(capsys, cli(lab, tmp_path / 'o', mask=tmp_path / 'nowhere'))
+    assert 'checkpoint not found' in _error(capsys, cli(lab, tmp_path / 'o', ckpt=tmp_path / 'none.pt'))
+    atomic_save(MaskGit(maskgit_param(lab, dim=24)).transformer.state_dict(), str(tmp_path / 'wide.pt'))
+    err = _error(capsys, cli(lab, tmp_path / 'o', ckpt=tmp_path / 'wide.pt'))
+    assert 'wide.pt' in err and 'shape' in err
+    assert not (tmp_path / 'o' / 'test_results').exists()   # nothing written on bad input

@@ -1,0 +1,307 @@
+"""Bidirectional transformer, MaskGit masking/loss, token cache and training_transformer.py (tiny configs, CPU)."""
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as tmp_mp
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+LAB = Path(__file__).resolve().parents[2] / 'shared' / 'lab'
+sys.path.insert(0, str(ROOT))
+
+import training_transformer as tt  # noqa: E402
+from models.maskgit import MaskGit, gamma_func, mvtm_loss  # noqa: E402
+from models.token_cache import cache_path, load_tokens  # noqa: E402
+from models.transformer import BidirectionalTransformer, MultiHeadAttention  # noqa: E402
+from models.vqgan import VQGAN, load_vqgan  # noqa: E402
+from utils import ImageDataset, data_stats, load_checkpoint, sha256_file  # noqa: E402
+
+torch.set_num_threads(1)
+
+TINY_VQ = dict(image_channels=3, enc_channels=[8, 8, 16], dec_channels=[8, 16], latent_dim=8, img_resolution=16,
+               latent_resolution=4, num_codebook_vectors=16, beta=0.25, gn_groups=4, enc_res_blocks=1,
+               dec_res_blocks=1)
+K, N = 16, 16
+
+
+def tiny_mp(dropout=0.0, k=K):
+    return dict(VQ_Configs={}, num_image_tokens=N, num_codebook_vectors=k, choice_temperature=4.5, gamma_type='cosine',
+                Transformer_param=dict(num_image_tokens=N, num_codebook_vectors=k, dim=32, n_layers=2, hidden_dim=64,
+                                       num_heads=4, dropout=dropout))
+
+
+SETTINGS = dict(tt.TRAIN_DEFAULTS, batch_size=4, accum_grad=2)
+
+
+@pytest.fixture(scope='module')
+def lab(tmp_path_factory):
+    """Tiny image folders, a random-init tiny VQGAN (config + checkpoint) and a tiny MaskGit config."""
+    d = tmp_path_factory.mktemp('lab')
+    rng = np.random.default_rng(0)
+    for split, n in (('train', 12), ('val', 4)):
+        (d / split).mkdir()
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(d / split / f'image_{i:05d}.png')
+    (d / 'empty').mkdir()
+    (d / 'vq.yml').write_text(yaml.safe_dump({'model_param': TINY_VQ}))
+    torch.manual_seed(0)
+    torch.save(VQGAN(TINY_VQ).state_dict(), d / 'vq.pt')
+    mp = tiny_mp(dropout=0.1)
+    mp['VQ_Configs'] = {'VQ_config_path': str(d / 'vq.yml'), 'VQ_CKPT_path': str(d / 'vq.pt')}
+    train = dict(epochs=2, batch_size=4, accum_grad=1, learning_rate=3e-3, warmup_steps=2, save_per_epoch=1,
+                 cache_dir=str(d / 'cache'))
+    (d / 'mg.yml').write_text(yaml.safe_dump({'model_param': mp, 'train': train}))
+    return d
+
+
+def run_args(lab, out, *extra):
+    return ['--MaskGitConfig', str(lab / 'mg.yml'), '--train_d_path', str(lab / 'train'), '--val_d_path',
+            str(lab / 'val'), '--checkpoint-path', str(out / 'last_ckpt.pt'), '--device', 'cpu', '--num_workers', '0',
+            *extra]
+
+
+# ----------------------------------------------------------------------------- model
+
+def test_attention_sdpa_equals_explicit_softmax():
+    torch.manual_seed(0)
+    att = MultiHeadAttention(32, 4, attn_drop=0.0).eval()
+    x = torch.randn(3, 10, 32)
+    y_sdpa = att(x)
+    att.explicit = True
+    y_ref = att(x)
+    torch.testing.assert_close(y_sdpa, y_ref, atol=1e-5, rtol=1e-5)
+    # whole model, with dropout layers present but in eval mode
+    tr = BidirectionalTransformer(dict(tiny_mp(dropout=0.1)['Transformer_param'])).eval()
+    z = torch.randint(0, K + 1, (2, N))
+    a = tr(z)
+    tr.set_explicit_attention(True)
+    torch.testing.assert_close(a, tr(z), atol=1e-5, rtol=1e-5)
+    assert a.shape == (2, N, K + 1)
+    assert not any(isinstance(m, torch.nn.MultiheadAttention) for m in tr.modules())
+
+
+def test_course_config_keys_match_manifest():
+    cfg = yaml.safe_load((ROOT / 'configs' / 'MaskGit.yml').read_text())
+    with torch.device('meta'):
+        model = MaskGit(cfg['model_param'])
+    ours = [(k, 'x'.join(map(str, v.shape))) for k, v in model.transformer.state_dict().items()
+            if '.MultiHeadAttention.' not in k]
+    manifest = [tuple(line.split()) for line in (LAB / 'transformer_state_dict_keys.txt').read_text().splitlines()
+                if line.strip()]
+    assert ours == manifest
+    assert model.mask_token_id == 1024
+
+
+@pytest.mark.parametrize('mode,half', [('cosine', math.cos(math.pi / 4)), ('linear', 0.5), ('square', 0.75),
+                                       ('arccos', 2 / 3), ('root', 1 - math.sqrt(0.5))])
+def test_gamma_values_and_monotone(mode, half):
+    g = gamma_func(mode)
+    assert g(0.0) == pytest.approx(1.0) and g(1.0) == pytest.approx(0.0, abs=1e-12)
+    assert g(0.5) == pytest.approx(half)
+    ys = g(torch.linspace(0, 1, 101, dtype=torch.float64))
+    assert (ys[1:] < ys[:-1]).all()
+    assert MaskGit.gamma_func(mode)(0.5) == pytest.approx(half)
+
+
+def test_gamma_unknown_mode():
+    with pytest.raises(ValueError, match="unknown gamma_type 'cos'"):
+        gamma_func('cos')
+
+
+def test_mask_counts_are_per_sample():
+    torch.manual_seed(0)
+    m = MaskGit(tiny_mp())
+    z = torch.randint(0, K, (6, N))
+    r = torch.tensor([0.0, 0.1, 0.3, 0.5, 0.9, 0.999])
+    masked, mask = m.mask_tokens(z, r)
+    expect = torch.tensor([math.ceil(math.cos(math.pi * v / 2) * N) for v in r.tolist()])
+    assert torch.equal(mask.sum(1), expect)
+    assert (masked[mask] == m.mask_token_id).all() and torch.equal(masked[~mask], z[~mask])
+    # forward draws one ratio per sample: counts differ across a batch; targets are the real tokens
+    logits, target, mask = m(torch.randint(0, K, (64, N)))
+    assert mask.sum(1).unique().numel() > 3
+    assert logits.shape == (64, N, K + 1) and target.max() < K
+
+
+def test_loss_ignores_unmasked_and_mask_id_is_never_a_class():
+    torch.manual_seed(0)
+    logits = torch.randn(4, N, K + 1, requires_grad=True)
+    target = torch.randint(0, K, (4, N))
+    mask = torch.rand(4, N) < 0.5
+    loss = mvtm_loss(logits, target, mask, K)
+    loss.backward()
+    g = logits.grad
+    assert g[~mask].abs().max() == 0 and g[mask].abs().max() > 0
+    assert g[..., K].abs().max() == 0  # the mask id column gets no gradient: it is not a class
+    other = logits.detach().clone()
+    other[~mask] += 100 * torch.randn_like(other[~mask])
+    other[..., K] = 1e4  # a huge mask-id logit changes nothing
+    assert mvtm_loss(other, target, mask, K).item() == pytest.approx(loss.item())
+    assert mvtm_loss(logits, target, mask, K, masked_only=False).item() != pytest.approx(loss.item())
+    with pytest.raises((IndexError, RuntimeError)):
+        mvtm_loss(logits, torch.full_like(target, K), mask, K)  # the mask id as a target is rejected
+
+
+def test_short_run_overfits_tiny_token_set():
+    """100 steps on 2 random sequences: loss falls far below its start (ln 16 = 2.77), accuracy far above 1/16."""
+    torch.manual_seed(0)
+    raw = MaskGit(tiny_mp())
+    tokens = torch.randint(0, K, (2, N))
+    held = tokens.repeat(32, 1)  # the same 2 sequences under 64 fixed masks: a steadier estimate
+    s = dict(SETTINGS, batch_size=2, accum_grad=1, learning_rate=3e-3)
+    opt = tt.make_optimizer(raw, s, torch.device('cpu'))
+    before = tt.evaluate(raw, held, s, 0, 1, 0, torch.device('cpu'))[0]
+    for step in range(100):
+        tt.accumulate_grads(raw, raw, tokens, torch.arange(2), 0, step, s, 0, 1, 0, torch.device('cpu'))
+        opt.step()
+        opt.zero_grad()
+    after, acc = tt.evaluate(raw, held, s, 0, 1, 0, torch.device('cpu'))
+    assert before > 2.5 and after < 0.5 * before and acc > 0.45, (before, after, acc)
+
+
+# ----------------------------------------------------------------------------- DDP
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def _grads(world, rank, tokens, s):
+    torch.manual_seed(0)
+    raw = MaskGit(tiny_mp())
+    model = torch.nn.parallel.DistributedDataParallel(raw) if world > 1 else raw
+    order = tt.epoch_order(len(tokens), 1, 0, world, rank)
+    loss = tt.accumulate_grads(model, raw, tokens, order, 0, 3, s, 0, world, rank, torch.device('cpu'))
+    return {n: p.grad.clone() for n, p in raw.named_parameters()}, loss
+
+
+def _ddp_worker(rank, world, port, tokens, s, out):
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=world)
+    grads, _ = _grads(world, rank, tokens, s)
+    if rank == 0:
+        torch.save(grads, out)
+    dist.destroy_process_group()
+
+
+def test_ddp_two_processes_match_one_process_on_global_batch(tmp_path):
+    torch.manual_seed(1)
+    tokens = torch.randint(0, K, (40, N))
+    s = dict(SETTINGS, batch_size=3, accum_grad=2)
+    tmp_mp.spawn(_ddp_worker, args=(2, _free_port(), tokens, s, str(tmp_path / 'g.pt')), nprocs=2)
+    ddp = torch.load(tmp_path / 'g.pt')
+    single, _ = _grads(1, 0, tokens, dict(s, batch_size=6))
+    assert ddp.keys() == single.keys()
+    for k in single:
+        torch.testing.assert_close(ddp[k], single[k], atol=1e-6, rtol=1e-4, msg=k)
+    assert sum(g.abs().sum() for g in single.values()) > 0
+
+
+# ----------------------------------------------------------------------------- token cache
+
+def test_token_cache_flips_reuse_and_stale_rebuild(lab, tmp_path):
+    vq = load_vqgan(str(lab / 'vq.yml'), str(lab / 'vq.pt'))
+    calls, logs = [], []
+
+    def get_vqgan():
+        calls.append(1)
+        return vq
+    kw = dict(vq_config_path=str(lab / 'vq.yml'), cache_dir=str(tmp_path), get_vqgan=get_vqgan, log=logs.append)
+    tok = load_tokens(str(lab / 'train'), vq_ckpt_path=str(lab / 'vq.pt'), **kw)
+    assert tok.shape == (24, N) and len(calls) == 1
+    x = torch.stack([ImageDataset(str(lab / 'train'), 1.0, *data_stats({}))[i] for i in range(2)])
+    assert torch.equal(tok[:4].long(), torch.stack([vq.encode_indices(x), vq.encode_indices(x.flip(-1))], 1).flatten(0, 1))
+    assert torch.equal(load_tokens(str(lab / 'train'), vq_ckpt_path=str(lab / 'vq.pt'), **kw), tok) and len(calls) == 1
+    # MaskGit on images runs the same frozen VQGAN; a VQGAN with other codes is refused
+    m = MaskGit(tiny_mp(), vq)
+    assert torch.equal(m.encode_to_z(x)[1], tok[0:4:2].long()) and m(x)[1].shape == (2, N)
+    with pytest.raises(ValueError, match='num_codebook_vectors=32 but the VQGAN has 16 codes'):
+        MaskGit(tiny_mp(k=32), vq)
+    # another checkpoint: the cache is stale and re-encoded in place
+    torch.manual_seed(5)
+    torch.save(VQGAN(TINY_VQ).state_dict(), tmp_path / 'other.pt')
+    load_tokens(str(lab / 'train'), vq_ckpt_path=str(tmp_path / 'other.pt'), **kw)
+    assert len(calls) == 2 and any('stale' in m and 'vqgan_sha256' in m for m in logs)
+    meta = load_checkpoint(cache_path(str(tmp_path), str(lab / 'train')))['meta']
+    assert meta['vqgan_sha256'] == sha256_file(tmp_path / 'other.pt')
+
+
+# ----------------------------------------------------------------------------- training script
+
+def test_resume_equals_uninterrupted(lab, tmp_path, monkeypatch):
+    full = tt.main(run_args(lab, tmp_path / 'a', '--accum-grad', '2'))
+    assert full['step'] == 2 * 3  # 24 sequences / (4 x 2) per step, 2 epochs
+    rows = full['rows']
+    assert len(rows) == 2 and rows[1]['train_loss'] < rows[0]['train_loss'] + 1.0
+    assert (tmp_path / 'a' / 'log.csv').read_text().count('\n') == 3
+    assert Image.open(tmp_path / 'a' / 'loss_curve.png').size == (640, 400)
+
+    real, calls = tt.accumulate_grads, []
+
+    def crash_at_step_5(*a, **kw):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+    monkeypatch.setattr(tt, 'accumulate_grads', crash_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        tt.main(run_args(lab, tmp_path / 'b', '--accum-grad', '2', '--ckpt-interval', '1'))
+    monkeypatch.setattr(tt, 'accumulate_grads', real)
+    assert load_checkpoint(tmp_path / 'b' / 'train_state.pt')['step'] == 4  # saved mid-epoch 2
+    resumed = tt.main(run_args(lab, tmp_path / 'b', '--accum-grad', '2', '--resume'))
+    a = load_checkpoint(tmp_path / 'a' / 'last_ckpt.pt')
+    b = load_checkpoint(tmp_path / 'b' / 'last_ckpt.pt')
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r['train_loss'] for r in resumed['rows']] == [r['train_loss'] for r in rows]
+    sa, sb = (load_checkpoint(p / 'train_state.pt') for p in (tmp_path / 'a', tmp_path / 'b'))
+    assert all(torch.equal(x, y) for x, y in zip(sa['optimizer']['state'][0].values(), sb['optimizer']['state'][0].values()))
+    assert set(os.listdir(tmp_path / 'a')) >= {'last_ckpt.pt', 'transformer_epoch_1.pt', 'transformer_epoch_2.pt'}
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(lab, tmp_path, monkeypatch):
+    real, calls = tt.mvtm_loss, []
+
+    def nan_in_epoch_2(*a, **kw):
+        loss = real(*a, **kw)
+        calls.append(1)
+        return loss * float("nan") if len(calls) > 7 else loss  # epoch 1: 3 steps x 2 + 1 validation
+    monkeypatch.setattr(tt, 'mvtm_loss', nan_in_epoch_2)
+    with pytest.raises(tt.TrainingDiverged, match=r'loss nan .* epoch 2.*last good checkpoint'):
+        tt.main(run_args(lab, tmp_path, '--accum-grad', '2', '--save-per-epoch', '1'))
+    state = load_checkpoint(tmp_path / 'train_state.pt')
+    assert state['epoch'] == 1
+    last = load_checkpoint(tmp_path / 'last_ckpt.pt')
+    assert all(torch.equal(last[k], state['transformer'][k]) for k in last)
+    assert not (tmp_path / 'transformer_epoch_2.pt').exists()
+
+
+def test_bad_inputs_give_clear_errors(lab, tmp_path):
+    with pytest.raises(FileNotFoundError, match='VQGAN checkpoint not found: .*missing.pt'):
+        tt.main(run_args(lab, tmp_path, '--vqgan-ckpt', str(tmp_path / 'missing.pt')))
+    cfg = yaml.safe_load((lab / 'mg.yml').read_text())
+    cfg['model_param'].update(tiny_mp(k=32), VQ_Configs=cfg['model_param']['VQ_Configs'])
+    (tmp_path / 'k32.yml').write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ValueError, match='num_codebook_vectors 32.*does not match VQGAN config'):
+        tt.main(run_args(lab, tmp_path, '--MaskGitConfig', str(tmp_path / 'k32.yml')))
+    torch.save(VQGAN(dict(TINY_VQ, latent_dim=4)).state_dict(), tmp_path / 'wrong.pt')  # ckpt of another VQGAN
+    with pytest.raises(ValueError, match=r"wrong.pt: key '.*' has shape"):
+        tt.main(run_args(lab, tmp_path, '--vqgan-ckpt', str(tmp_path / 'wrong.pt')))
+    with pytest.raises(ValueError, match='no image files in .*empty'):
+        tt.main(run_args(lab, tmp_path, '--train_d_path', str(lab / 'empty')))
+    with pytest.raises(ValueError, match='64 samples per optimizer step, but .* gives only 24'):
+        tt.main(run_args(lab, tmp_path, '--batch-size', '32', '--accum-grad', '2'))
+    # from the command line: one line on stderr, non-zero exit
+    p = subprocess.run([sys.executable, str(ROOT / 'training_transformer.py'),
+                        *run_args(lab, tmp_path, '--vqgan-ckpt', str(tmp_path / 'missing.pt'))],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 1 and p.stderr.strip().count('\n') == 0 and 'VQGAN checkpoint not found' in p.stderr

@@ -1,0 +1,254 @@
+"""VQGAN: course checkpoint parity, shapes, straight-through gradient, codebook restarts, training script."""
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import training_vqgan
+from models.discriminator import Discriminator
+from models.vqgan import VQGAN, Codebook, load_vqgan
+from utils import load_checkpoint, load_config, load_state_dict_checked
+
+ROOT = Path(__file__).resolve().parents[1]
+MANIFEST = Path(__file__).resolve().parents[2] / 'shared' / 'lab' / 'vqgan_state_dict_keys.txt'
+TINY = dict(image_channels=3, enc_channels=[8, 8, 16], dec_channels=[8, 8, 16], latent_dim=8,
+            img_resolution=32, latent_resolution=8, num_codebook_vectors=32, beta=0.25, gn_groups=4,
+            enc_res_blocks=1, dec_res_blocks=1)
+
+
+def read_manifest():
+    rows = [line.split() for line in MANIFEST.read_text().splitlines() if line.strip()]
+    return [(k, tuple(int(s) for s in shape.split('x'))) for k, shape in rows]
+
+
+@pytest.fixture(scope='module')
+def course_model():
+    torch.manual_seed(0)
+    return VQGAN(load_config(ROOT / 'configs' / 'VQGAN.yml')['model_param']).eval()
+
+
+# ----------------------------------------------------------------------------- model
+
+def test_course_config_has_exactly_the_course_keys():
+    p = load_config(ROOT / 'configs' / 'VQGAN.yml')['model_param']
+    assert set(p) == {'image_channels', 'enc_channels', 'dec_channels', 'latent_dim', 'img_resolution',
+                      'latent_resolution', 'num_codebook_vectors', 'beta'}
+
+
+def test_state_dict_matches_course_manifest(course_model):
+    manifest = read_manifest()
+    sd = course_model.state_dict()
+    assert len(manifest) == 315
+    assert [(k, tuple(v.shape)) for k, v in sd.items()] == manifest
+    assert abs(sum(p.numel() for p in course_model.parameters()) / 1e6 - 70.8) < 0.05
+    # a student's VQGAN.pt: random tensors of the manifest's shapes load with strict=True
+    g = torch.Generator().manual_seed(1)
+    student = {k: torch.randn(shape, generator=g) for k, shape in manifest}
+    course_model.load_state_dict(student, strict=True)
+    assert torch.equal(course_model.codebook.embedding.weight, student['codebook.embedding.weight'])
+
+
+def test_course_model_shapes(course_model):
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        z_q, idx, q_loss = course_model.encode(x)
+        assert z_q.shape == (1, 256, 16, 16) and idx.shape == (256,) and idx.dtype == torch.long
+        assert q_loss.dim() == 0
+        assert course_model.decode(z_q).shape == (1, 3, 64, 64)
+    assert course_model.num_codebook_vectors == 1024 and course_model.latent_resolution == 16
+
+
+def test_small_config_shapes_and_token_round_trip():
+    p = load_config(ROOT / 'configs' / 'VQGAN_small.yml')['model_param']
+    assert p['img_resolution'] // p['latent_resolution'] == 4 and p['latent_resolution'] == 16
+    assert 512 <= p['num_codebook_vectors'] <= 1024
+    torch.manual_seed(0)
+    m = VQGAN(p).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        z_q, idx, _ = m.encode(x)
+        assert z_q.shape == (2, p['latent_dim'], 16, 16) and idx.shape == (2 * 256,)
+        tokens = m.encode_indices(x)
+        assert tokens.shape == (2, 256) and tokens.dtype == torch.long
+        assert tokens.min() >= 0 and tokens.max() < p['num_codebook_vectors']
+        assert torch.equal(tokens.flatten(), idx)
+        # decoding the tokens is decoding the quantised latents
+        assert torch.allclose(m.decode_indices(tokens), m.decode(z_q), atol=1e-5)
+
+
+def test_bad_group_count_is_a_clear_error():
+    with pytest.raises(ValueError, match='not divisible by gn_groups=32'):
+        VQGAN({**TINY, 'gn_groups': 32})
+
+
+def test_straight_through_gradient_reaches_encoder():
+    torch.manual_seed(0)
+    m = VQGAN(TINY)
+    x = torch.randn(2, 3, 32, 32)
+    x_hat, _, _ = m(x)
+    (x_hat - x).pow(2).mean().backward()  # reconstruction only: q_loss is not what carries the gradient
+    for name in ('encoder.model.0.weight', 'quant_conv.weight'):
+        g = dict(m.named_parameters())[name].grad
+        assert g is not None and g.abs().sum() > 0, name
+
+
+def test_codebook_adds_no_state_dict_keys():
+    cb = Codebook({**TINY, 'l2_codes': True, 'restart_every': 5})
+    assert list(cb.state_dict()) == ['embedding.weight']
+
+
+def test_l2_codes_quantise_to_unit_vectors():
+    torch.manual_seed(0)
+    cb = Codebook({**TINY, 'l2_codes': True})
+    z_q, _, _ = cb(5 * torch.randn(2, 8, 4, 4))
+    assert torch.allclose(z_q.norm(dim=1), torch.ones(2, 4, 4), atol=1e-5)
+
+
+def test_dead_code_restart_revives_codes():
+    torch.manual_seed(0)
+    cb = Codebook({**TINY, 'restart_every': 2}).train()
+    with torch.no_grad():
+        cb.embedding.weight[1:] = 100.0  # far from the data, code 0 a little less: every vector picks it
+        cb.embedding.weight[0] = 50.0
+    z = torch.randn(4, 8, 8, 8)
+    used_before = cb(z)[1].unique().numel()
+    cb(z)
+    assert used_before == 1
+    _, idx, _ = cb(z)  # third call: 31 codes unused over the window are restarted from recent encodings
+    assert idx.unique().numel() > 10
+    assert cb.embedding.weight[1:].abs().max() < 20  # moved next to the data
+    assert cb.restart_dead_codes() < 31  # codes picked since the restart are not dead
+
+
+def test_discriminator_patch_output():
+    d = Discriminator(load_config(ROOT / 'configs' / 'Discriminator.yml')['model_param'])
+    assert d(torch.randn(2, 3, 64, 64)).shape == (2, 1, 6, 6)
+    assert sum(p.numel() for p in d.parameters()) == 2_765_633
+
+
+# ----------------------------------------------------------------------------- training script
+
+def make_folder(root, n, seed):
+    """Tiny 32x32 images of coloured rectangles on white, like clipart."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True)
+    for i in range(n):
+        a = np.full((32, 32, 3), 255, np.uint8)
+        x0, y0 = rng.integers(0, 20, 2)
+        a[y0:y0 + 12, x0:x0 + 12] = rng.integers(0, 255, 3)
+        Image.fromarray(a).save(root / f'image_{i:05d}.png')
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp('vq')
+    make_folder(d / 'train', 32, 0)
+    make_folder(d / 'val', 8, 1)
+    disc = d / 'disc.yml'
+    disc.write_text(yaml.safe_dump({'model_param': dict(image_channels=3, num_filters_last=8, n_layers=3)}))
+    cfg = d / 'tiny.yml'
+    cfg.write_text(yaml.safe_dump({
+        'model_param': TINY,
+        'train': dict(batch_size=8, learning_rate=2e-3, betas=[0.5, 0.9], epochs=2, disc_start=6,
+                      disc_weight=0.5, disc_config=str(disc)),
+        'data': dict(train_path=str(d / 'train'), val_path=str(d / 'val'))}))
+    return d, cfg
+
+
+def run_args(setup, run, *extra):
+    d, cfg = setup
+    return ['--config', str(cfg), '--run-dir', str(d / run), '--threads', '1', *extra]
+
+
+def log_rows(path):
+    lines = Path(path).read_text().splitlines()
+    header = lines[0].split(',')
+    return [dict(zip(header, line.split(','))) for line in lines[1:]]
+
+
+@pytest.fixture(scope='module')
+def straight_run(setup):
+    """3 epochs in one go (GAN on from step 6): the reference for loss and resume checks."""
+    d, _ = setup
+    out = training_vqgan.train(training_vqgan.parse_args(run_args(setup, 'straight', '--epochs', '3')))
+    return d / 'straight', out
+
+
+def test_training_lowers_loss_and_writes_outputs(straight_run):
+    run, out = straight_run
+    rows = log_rows(run / 'log.csv')
+    assert [int(r['epoch']) for r in rows] == [1, 2, 3] and out['step'] == 12
+    assert float(rows[-1]['val_l1']) < 0.8 * float(rows[0]['val_l1'])
+    assert float(rows[-1]['train_rec']) < float(rows[0]['train_rec'])
+    assert 0 < float(rows[-1]['usage_pct']) <= 100 and float(rows[-1]['perplexity']) >= 1
+    for name in ('last.pt', 'best.pt', 'recon_epoch001.png', 'recon_epoch003.png'):
+        assert (run / name).is_file(), name
+    with Image.open(run / 'recon_epoch003.png') as img:
+        assert img.size == (8 * 34 + 2, 2 * 34 + 2)  # 8 originals above 8 reconstructions
+    ck = load_checkpoint(run / 'last.pt')
+    assert ck['epoch'] == 3 and ck['step'] == 12 and {'opt', 'opt_disc', 'disc', 'rng'} <= set(ck)
+    best = load_checkpoint(run / 'best.pt')
+    assert abs(best['metrics']['val_psnr'] - max(float(r['val_psnr']) for r in rows)) < 0.01
+
+
+def test_resume_continues_from_saved_step_and_matches_straight_run(setup, straight_run):
+    d, _ = setup
+    training_vqgan.train(training_vqgan.parse_args(run_args(setup, 'split', '--epochs', '1')))
+    assert load_checkpoint(d / 'split' / 'last.pt')['step'] == 4
+    out = training_vqgan.train(training_vqgan.parse_args(
+        run_args(setup, 'split', '--epochs', '3', '--resume', str(d / 'split' / 'last.pt'))))
+    assert out['epoch'] == 3 and out['step'] == 12
+    assert [int(r['step']) for r in log_rows(d / 'split' / 'log.csv')] == [4, 8, 12]
+    # model, optimisers and RNG restored: the split run ends where the straight run ends
+    a = load_checkpoint(straight_run[0] / 'last.pt')['model']
+    b = load_checkpoint(d / 'split' / 'last.pt')['model']
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_load_vqgan_accepts_training_dict_plain_and_fp16_export(setup, straight_run, tmp_path):
+    d, cfg = setup
+    ref = load_vqgan(cfg, straight_run[0] / 'last.pt')
+    assert not ref.training and not any(p.requires_grad for p in ref.parameters())
+    plain = tmp_path / 'plain.pt'
+    torch.save(load_checkpoint(straight_run[0] / 'last.pt')['model'], plain)
+    fp16 = tmp_path / 'fp16.pt'
+    training_vqgan.main(['--export', str(straight_run[0] / 'last.pt'), '--out', str(fp16)])
+    assert all(v.dtype == torch.float16 for v in load_checkpoint(fp16).values())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        y = ref(x)[0]
+        assert torch.equal(load_vqgan(cfg, plain)(x)[0], y)
+        assert (load_vqgan(cfg, fp16)(x)[0] - y).abs().mean() < 0.05
+
+
+def test_mismatched_checkpoint_names_key_and_shapes(setup, straight_run, tmp_path):
+    d, _ = setup
+    other = tmp_path / 'other.yml'
+    other.write_text(yaml.safe_dump({'model_param': {**TINY, 'num_codebook_vectors': 64}}))
+    with pytest.raises(ValueError, match=r"codebook\.embedding\.weight.*\(32, 8\).*\(64, 8\)"):
+        load_vqgan(other, straight_run[0] / 'last.pt')
+    with pytest.raises(ValueError, match="unexpected key 'extra'"):
+        load_state_dict_checked(VQGAN(TINY), {**VQGAN(TINY).state_dict(), 'extra': torch.zeros(1)}, 'x.pt')
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(setup, straight_run, monkeypatch, capsys):
+    d, _ = setup
+    good = d / 'nan'
+    training_vqgan.train(training_vqgan.parse_args(run_args(setup, 'nan', '--epochs', '1')))
+    digest = hashlib.sha256((good / 'last.pt').read_bytes()).hexdigest()
+    forward = VQGAN.forward
+
+    def poisoned(self, x):
+        x_hat, idx, q = forward(self, x)
+        return x_hat * float('nan'), idx, q
+
+    monkeypatch.setattr(VQGAN, 'forward', poisoned)
+    with pytest.raises(SystemExit) as e:
+        training_vqgan.main(run_args(setup, 'nan', '--epochs', '3', '--resume', str(good / 'last.pt')))
+    assert e.value.code != 0 and 'non-finite loss' in str(e.value) and 'last.pt' in str(e.value)
+    assert hashlib.sha256((good / 'last.pt').read_bytes()).hexdigest() == digest
+    assert load_checkpoint(good / 'last.pt')['epoch'] == 1

@@ -1,0 +1,400 @@
+"""Stage 2: train the bidirectional transformer with Masked Visual Token Modeling (MVTM).
+
+The dataset is encoded once by the frozen VQGAN into a token cache (models/token_cache.py, with
+horizontal-flip copies); training steps read tokens only. All randomness of a step (data order,
+mask ratios and positions, dropout) is a function of (--seed, epoch, step, rank), so --resume
+continues bit-for-bit and N DDP processes train exactly like one process on the same global batch.
+
+Outputs, in the folder of --checkpoint-path:
+  <--checkpoint-path>        model.transformer.state_dict() after the latest epoch (the course's format)
+  transformer_epoch_N.pt     the same, every --save-per-epoch epochs
+  train_state.pt             everything --resume needs (weights, optimizer, scaler, epoch, step, log)
+  log.csv, loss_curve.png    per-epoch train/val loss, val masked-token accuracy, lr, throughput
+
+  python training_transformer.py --MaskGitConfig configs/MaskGit_small.yml --device cpu
+  torchrun --nproc_per_node 2 training_transformer.py ...   (DDP, DistributedSampler)
+"""
+import argparse
+import csv
+import functools
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.distributed as dist
+from PIL import Image, ImageDraw
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DistributedSampler
+from tqdm import tqdm
+
+from models.maskgit import MaskGit, masked_accuracy, mvtm_loss
+from models.token_cache import load_tokens
+from models.vqgan import load_vqgan
+from utils import (atomic_save, atomic_save_image, load_checkpoint, load_config, load_state_dict_checked,
+                   resolve_device, seed_everything)
+
+TRAIN_DEFAULTS = dict(epochs=100, batch_size=10, accum_grad=10, learning_rate=1e-4, warmup_steps=500,
+                      grad_clip=1.0, weight_decay=0.045, betas=(0.9, 0.96), label_smoothing=0.1,
+                      masked_only=True, save_per_epoch=5, cache_dir='cache/tokens')
+_MASK_STREAM, _DROPOUT_STREAM, _VAL_STREAM = 0, 1, 2
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Train MaskGit's bidirectional transformer (MVTM).")
+    # the course's flags (defaults None: take the config's `train:` section)
+    p.add_argument('--train_d_path', default='data/openclipart/train', help='training images folder')
+    p.add_argument('--val_d_path', default='data/openclipart/val', help='validation images folder')
+    p.add_argument('--checkpoint-path', default='runs/transformer/last_ckpt.pt',
+                   help="transformer state_dict written after every epoch; its folder holds all outputs. "
+                        "With --start-from-epoch N > 0 training starts from the weights in this file")
+    p.add_argument('--device', default=None, help="cuda, cuda:0, cpu (default: cuda if available)")
+    p.add_argument('--num_workers', type=int, default=2, help='data loader workers for building the token cache')
+    p.add_argument('--batch-size', type=int, default=None, help='samples per process per micro-batch')
+    p.add_argument('--partial', type=float, default=1.0, help='use the first fraction of each image folder')
+    p.add_argument('--accum-grad', type=int, default=None, help='micro-batches per optimizer step')
+    p.add_argument('--epochs', type=int, default=None, help='number of the last epoch to train')
+    p.add_argument('--save-per-epoch', type=int, default=None, help='write transformer_epoch_N.pt every N epochs')
+    p.add_argument('--start-from-epoch', type=int, default=0,
+                   help='continue the course way: load --checkpoint-path and train epochs N+1.. with a fresh optimizer')
+    p.add_argument('--ckpt-interval', type=int, default=0,
+                   help='also write train_state.pt every N optimizer steps inside an epoch (0: at epoch ends only)')
+    p.add_argument('--learning-rate', type=float, default=None, help='peak learning rate')
+    p.add_argument('--MaskGitConfig', default='configs/MaskGit.yml', help='MaskGit config (model_param, train)')
+    # ours
+    p.add_argument('--config-vqgan', default=None, help='VQGAN config (default: the MaskGit config\'s VQ_config_path)')
+    p.add_argument('--vqgan-ckpt', default=None, help='VQGAN checkpoint (default: the MaskGit config\'s VQ_CKPT_path)')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--amp', choices=('bf16', 'fp16', 'off'), default='bf16', help='mixed precision on CUDA')
+    p.add_argument('--compile', action='store_true', help='torch.compile the model')
+    p.add_argument('--warmup-steps', type=int, default=None, help='linear warmup steps before cosine decay')
+    p.add_argument('--grad-clip', type=float, default=None, help='max gradient norm (0: off)')
+    p.add_argument('--resume', nargs='?', const='auto', default=None,
+                   help='continue bit-for-bit from a train_state.pt (default: the one beside --checkpoint-path)')
+    p.add_argument('--cache-dir', default=None, help='token cache folder (default: the config\'s train.cache_dir)')
+    return p.parse_args(argv)
+
+
+def train_settings(cfg, args):
+    """The config's `train:` values over the built-in defaults, then the command line over both."""
+    s = dict(TRAIN_DEFAULTS, **(cfg.get('train') or {}))
+    for key in ('epochs', 'batch_size', 'accum_grad', 'learning_rate', 'warmup_steps', 'grad_clip',
+                'save_per_epoch', 'cache_dir'):
+        v = getattr(args, key)
+        if v is not None:
+            s[key] = v
+    for key in ('epochs', 'batch_size', 'accum_grad'):
+        if s[key] < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {s[key]}")
+    return s
+
+
+def lr_factor(step, warmup, total):
+    """Linear warmup over `warmup` steps, then cosine decay to 0 at `total` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def step_seed(seed, step, stream, rank=0):
+    """Distinct, reproducible seed per (run seed, optimizer step, random stream, rank)."""
+    return ((seed * 1_000_003 + step) * 4 + stream) * 1024 + rank
+
+
+def epoch_order(n, epoch, seed, world, rank):
+    """This process's sample order for `epoch`: DistributedSampler's, so rank r holds perm[r::world]."""
+    sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    sampler.set_epoch(epoch)
+    return torch.tensor(list(sampler))
+
+
+def accumulate_grads(model, raw, tokens, order, step_in_epoch, step, s, seed, world, rank, device,
+                     autocast=nullcontext, scaler=None):
+    """Forward/backward over the micro-batches of one optimizer step; returns their mean loss (this rank).
+
+    Mask ratios and positions are drawn for the whole global micro-batch (world * batch rows) and each
+    rank takes its rows, and each rank's loss is normalised by the global masked count, so the averaged
+    DDP gradient equals one process's gradient on the global batch.
+    """
+    b, a_n, n_tok = s['batch_size'], s['accum_grad'], raw.num_image_tokens
+    total = torch.zeros((), device=device)
+    for a in range(a_n):
+        j = step_in_epoch * a_n + a
+        z = tokens[order[j * b:(j + 1) * b]].to(device).long()                                  # [B, N]
+        g = torch.Generator().manual_seed(step_seed(seed, step * a_n + a, _MASK_STREAM))
+        r, scores = torch.rand(b * world, generator=g), torch.rand(b * world, n_tok, generator=g)
+        if s['masked_only']:
+            norm = raw.num_masked(r).sum().item() / world  # global masked count, per rank
+        else:
+            norm = b * n_tok
+        sync = a == a_n - 1 or not isinstance(model, DDP)
+        with nullcontext() if sync else model.no_sync():
+            with autocast():
+                logits, target, mask = model(z, r[rank::world], scores[rank::world])
+            loss = mvtm_loss(logits, target, mask, raw.num_codebook_vectors, s['label_smoothing'],
+                             s['masked_only'], normalizer=norm)
+            (scaler.scale(loss / a_n) if scaler is not None else loss / a_n).backward()
+        total += loss.detach()
+    return total / a_n
+
+
+@torch.no_grad()
+def evaluate(raw, tokens, s, seed, world, rank, device, autocast=nullcontext):
+    """(loss, masked-token accuracy) on `tokens` with masks fixed by the seed (comparable across epochs)."""
+    was_training = raw.training
+    raw.eval()
+    n, n_tok = tokens.shape
+    g = torch.Generator().manual_seed(step_seed(seed, 0, _VAL_STREAM))
+    r_all, scores_all = torch.rand(n, generator=g), torch.rand(n, n_tok, generator=g)
+    idx = torch.arange(rank, n, world)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+    for i in range(0, len(idx), s['batch_size']):
+        k = idx[i:i + s['batch_size']]
+        with autocast():
+            logits, target, mask = raw(tokens[k].to(device).long(), r_all[k], scores_all[k])
+        loss_sum = mvtm_loss(logits, target, mask, raw.num_codebook_vectors, s['label_smoothing'], True, normalizer=1)
+        correct, count = masked_accuracy(logits, target, mask, raw.num_codebook_vectors)
+        sums += torch.stack([loss_sum.double(), correct.double(), count.double()])
+    if world > 1:
+        dist.all_reduce(sums)
+    raw.train(was_training)
+    return (sums[0] / sums[2]).item(), (sums[1] / sums[2]).item()
+
+
+def make_optimizer(raw, s, device):
+    """AdamW; weight decay on matrices (linear weights, token embedding), not on biases, norms, positions."""
+    decay, no_decay = [], []
+    for name, p in raw.named_parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 and name.split('.')[-1] not in ('bias', 'pos_emb') else no_decay).append(p)
+    groups = [{'params': decay, 'weight_decay': s['weight_decay']}, {'params': no_decay, 'weight_decay': 0.0}]
+    fused = device.type == 'cuda'
+    return torch.optim.AdamW(groups, lr=s['learning_rate'], betas=tuple(s['betas']), fused=fused)
+
+
+# ----------------------------------------------------------------------------- outputs
+
+def plot_curves(series, path, title='', xlabel='epoch', size=(640, 400)):
+    """Line plot of {name: (xs, ys)} drawn with PIL (no matplotlib), written atomically as PNG."""
+    w, h = size
+    left, right, top, bottom = 60, 20, 30, 40
+    img = Image.new('RGB', size, 'white')
+    d = ImageDraw.Draw(img)
+    pts = [(x, y) for xs, ys in series.values() for x, y in zip(xs, ys) if math.isfinite(y)]
+    if pts:
+        x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
+        y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
+        x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
+
+        def to_px(x, y):
+            return (left + (x - x0) / (x1 - x0) * (w - left - right),
+                    h - bottom - (y - y0) / (y1 - y0) * (h - top - bottom))
+        for i in range(5):  # grid and tick labels
+            fy, fx = y0 + (y1 - y0) * i / 4, x0 + (x1 - x0) * i / 4
+            py, px = to_px(x0, fy)[1], to_px(fx, y0)[0]
+            d.line([(left, py), (w - right, py)], fill=(230, 230, 230))
+            d.text((4, py - 6), f"{fy:.3g}", fill='black')
+            d.text((px - 8, h - bottom + 6), f"{fx:.3g}", fill='black')
+        colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
+        for k, (name, (xs, ys)) in enumerate(series.items()):
+            c = colours[k % len(colours)]
+            line = [to_px(x, y) for x, y in zip(xs, ys) if math.isfinite(y)]
+            if len(line) > 1:
+                d.line(line, fill=c, width=2)
+            for px, py in line:
+                d.ellipse([px - 2, py - 2, px + 2, py + 2], fill=c)
+            d.text((w - right - 120, top + 4 + 14 * k), name, fill=c)
+    d.rectangle([left, top, w - right, h - bottom], outline='black')
+    d.text((left, 8), title, fill='black')
+    d.text((w // 2 - 15, h - 16), xlabel, fill='black')
+    atomic_save_image(img, path)
+
+
+LOG_FIELDS = ('epoch', 'step', 'lr', 'train_loss', 'val_loss', 'val_acc', 'tokens_per_s', 'seconds')
+
+
+def read_log(out_dir, upto):
+    """Rows of an existing log.csv up to epoch `upto` (kept when continuing with --start-from-epoch)."""
+    path = os.path.join(out_dir, 'log.csv')
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        rows = [{k: (int if k in ('epoch', 'step') else float)(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    return [r for r in rows if r['epoch'] <= upto]
+
+
+def write_log(rows, out_dir):
+    tmp = os.path.join(out_dir, f'.log.csv.tmp{os.getpid()}')
+    with open(tmp, 'w', newline='') as f:
+        wr = csv.DictWriter(f, LOG_FIELDS)
+        wr.writeheader()
+        wr.writerows(rows)
+    os.replace(tmp, os.path.join(out_dir, 'log.csv'))
+    ep = [r['epoch'] for r in rows]
+    plot_curves({'train loss': (ep, [r['train_loss'] for r in rows]),
+                 'val loss': (ep, [r['val_loss'] for r in rows])},
+                os.path.join(out_dir, 'loss_curve.png'), title='MVTM cross-entropy (masked tokens)')
+
+
+# ----------------------------------------------------------------------------- main
+
+def setup_distributed(device_arg):
+    """(world, rank, device); DDP when launched by torchrun (RANK in the environment)."""
+    if 'RANK' not in os.environ:
+        return 1, 0, resolve_device(device_arg)
+    local = int(os.environ.get('LOCAL_RANK', 0))
+    cuda = torch.cuda.is_available() and (device_arg is None or device_arg.startswith('cuda'))
+    if cuda:
+        torch.cuda.set_device(local)
+    dist.init_process_group('nccl' if cuda else 'gloo')
+    return dist.get_world_size(), dist.get_rank(), torch.device(f'cuda:{local}' if cuda else 'cpu')
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = load_config(args.MaskGitConfig)
+    if 'model_param' not in cfg:
+        raise ValueError(f"config {args.MaskGitConfig} has no 'model_param' section")
+    mp = cfg['model_param']
+    s = train_settings(cfg, args)
+    vq = mp.get('VQ_Configs') or {}
+    vq_cfg_path = args.config_vqgan or vq.get('VQ_config_path')
+    vq_ckpt = args.vqgan_ckpt or vq.get('VQ_CKPT_path')
+    if not vq_cfg_path or not vq_ckpt:
+        raise ValueError(f"config {args.MaskGitConfig}: model_param.VQ_Configs needs VQ_config_path and "
+                         f"VQ_CKPT_path (or pass --config-vqgan / --vqgan-ckpt)")
+    vq_p = load_config(vq_cfg_path).get('model_param') or {}
+    if (vq_p.get('num_codebook_vectors'), vq_p.get('latent_resolution', 0) ** 2) != \
+            (mp['num_codebook_vectors'], mp['num_image_tokens']):
+        raise ValueError(f"{args.MaskGitConfig} (num_codebook_vectors {mp['num_codebook_vectors']}, num_image_tokens "
+                         f"{mp['num_image_tokens']}) does not match VQGAN config {vq_cfg_path} (num_codebook_vectors "
+                         f"{vq_p.get('num_codebook_vectors')}, latent_resolution {vq_p.get('latent_resolution')})")
+    if not os.path.isfile(vq_ckpt):
+        raise FileNotFoundError(f"VQGAN checkpoint not found: {vq_ckpt} (train one with training_vqgan.py "
+                                f"or pass --vqgan-ckpt)")
+
+    world, rank, device = setup_distributed(args.device)
+    out_dir = os.path.dirname(os.path.abspath(args.checkpoint_path))
+    log = (lambda m: print(m, file=sys.stderr)) if rank == 0 else (lambda m: None)
+
+    # token cache: rank 0 encodes (once), the others read what it wrote
+    get_vqgan = functools.cache(lambda: load_vqgan(vq_cfg_path, vq_ckpt, device))
+    cache = dict(vq_config_path=vq_cfg_path, vq_ckpt_path=vq_ckpt, cache_dir=s['cache_dir'], get_vqgan=get_vqgan,
+                 partial=args.partial, batch_size=64, num_workers=args.num_workers, log=log)
+    tokens = {}
+    for turn in (0, 1):
+        if (rank == 0) == (turn == 0):
+            tokens['train'] = load_tokens(args.train_d_path, flip=True, **cache)
+            tokens['val'] = load_tokens(args.val_d_path, flip=False, **cache)
+        if world > 1 and turn == 0:
+            dist.barrier()
+    get_vqgan.cache_clear()  # training never needs the VQGAN again
+    train_tok, val_tok = tokens['train'], tokens['val']
+    per_step = s['batch_size'] * s['accum_grad'] * world
+    steps_per_epoch = len(train_tok) // per_step
+    if steps_per_epoch == 0:
+        raise ValueError(f"--batch-size {s['batch_size']} x --accum-grad {s['accum_grad']} x {world} process(es) = "
+                         f"{per_step} samples per optimizer step, but {args.train_d_path} gives only "
+                         f"{len(train_tok)} (images + flips)")
+    if len(val_tok) < world:
+        raise ValueError(f"{args.val_d_path} has {len(val_tok)} images, fewer than the {world} processes")
+
+    seed_everything(args.seed)  # here: whether the cache was just built must not change the initial weights
+    raw = MaskGit(mp).to(device)
+    opt = make_optimizer(raw, s, device)
+    cuda_amp = device.type == 'cuda' and args.amp != 'off'
+    amp_dtype = torch.bfloat16 if args.amp == 'bf16' else torch.float16
+    autocast = functools.partial(torch.autocast, 'cuda', dtype=amp_dtype) if cuda_amp else nullcontext
+    scaler = torch.amp.GradScaler('cuda', enabled=cuda_amp and args.amp == 'fp16')
+    total_steps = s['epochs'] * steps_per_epoch
+    state_path = os.path.join(out_dir, 'train_state.pt')
+    st = dict(epoch=0, step=0, epoch_loss_sum=0.0, epoch_steps=0, rows=[])
+    if args.resume:
+        path = state_path if args.resume == 'auto' else args.resume
+        ckpt = load_checkpoint(path)
+        load_state_dict_checked(raw.transformer, ckpt['transformer'], path)
+        opt.load_state_dict(ckpt['optimizer'])
+        scaler.load_state_dict(ckpt['scaler'])
+        st = {k: ckpt[k] for k in st}
+        if ckpt['steps_per_epoch'] != steps_per_epoch:
+            raise ValueError(f"{path} was written with {ckpt['steps_per_epoch']} steps per epoch, now "
+                             f"{steps_per_epoch}: resume with the same data, --partial and batch flags")
+        log(f"resuming from {path}: epoch {st['epoch']}, step {st['step']}")
+    elif args.start_from_epoch > 0:
+        load_state_dict_checked(raw.transformer, load_checkpoint(args.checkpoint_path), args.checkpoint_path)
+        st.update(epoch=args.start_from_epoch, step=args.start_from_epoch * steps_per_epoch,
+                  rows=read_log(out_dir, args.start_from_epoch))
+    model = torch.compile(raw) if args.compile else raw
+    if world > 1:
+        model = DDP(model, device_ids=[device.index] if device.type == 'cuda' else None)
+
+    def save_state():
+        atomic_save(dict(transformer=raw.transformer.state_dict(), optimizer=opt.state_dict(),
+                         scaler=scaler.state_dict(), steps_per_epoch=steps_per_epoch, **st), state_path)
+
+    n_tok = raw.num_image_tokens
+    log(f"{len(train_tok)} train / {len(val_tok)} val sequences, {steps_per_epoch} steps per epoch, "
+        f"{sum(p.numel() for p in raw.transformer.parameters()) / 1e6:.1f}M parameters, {world} process(es), {device}")
+    model.train()
+    for epoch in range(st['epoch'] + 1, s['epochs'] + 1):
+        order = epoch_order(len(train_tok), epoch, args.seed, world, rank)
+        first = st['step'] - (epoch - 1) * steps_per_epoch  # > 0 only when resuming inside an epoch
+        t0 = time.time()
+        bar = tqdm(range(first, steps_per_epoch), desc=f"epoch {epoch}/{s['epochs']}", disable=rank != 0)
+        for i in bar:
+            lr = s['learning_rate'] * lr_factor(st['step'], s['warmup_steps'], total_steps)
+            for grp in opt.param_groups:
+                grp['lr'] = lr
+            torch.manual_seed(step_seed(args.seed, st['step'], _DROPOUT_STREAM, rank))
+            loss = accumulate_grads(model, raw, train_tok, order, i, st['step'], s, args.seed, world, rank,
+                                    device, autocast, scaler)
+            scaler.unscale_(opt)
+            gnorm = torch.nn.utils.clip_grad_norm_(raw.parameters(), s['grad_clip'] if s['grad_clip'] > 0 else math.inf)
+            if world > 1:
+                dist.all_reduce(loss, op=dist.ReduceOp.AVG)
+            loss = loss.item()
+            if not math.isfinite(loss) or (not scaler.is_enabled() and not math.isfinite(gnorm.item())):
+                raise TrainingDiverged(
+                    f"loss {loss:.4g} (gradient norm {gnorm.item():.4g}) at epoch {epoch}, step {st['step']}: stopped; "
+                    f"the last good checkpoint is {args.checkpoint_path} (epoch {epoch - 1}), untouched")
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+            st['step'] += 1
+            st['epoch_loss_sum'] += loss
+            st['epoch_steps'] += 1
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
+            if rank == 0 and args.ckpt_interval > 0 and st['step'] % args.ckpt_interval == 0 \
+                    and i + 1 < steps_per_epoch:
+                save_state()
+        seconds = time.time() - t0
+        val_loss, val_acc = evaluate(raw, val_tok, s, args.seed, world, rank, device, autocast)
+        st['rows'].append(dict(epoch=epoch, step=st['step'], lr=lr, train_loss=st['epoch_loss_sum'] / st['epoch_steps'],
+                               val_loss=val_loss, val_acc=val_acc,
+                               tokens_per_s=(steps_per_epoch - first) * per_step * n_tok / seconds, seconds=seconds))
+        st.update(epoch=epoch, epoch_loss_sum=0.0, epoch_steps=0)
+        log(f"epoch {epoch}: train loss {st['rows'][-1]['train_loss']:.4f}, val loss {val_loss:.4f}, "
+            f"val masked-token acc {val_acc:.4f}")
+        if rank == 0:
+            sd = raw.transformer.state_dict()
+            if s['save_per_epoch'] and epoch % s['save_per_epoch'] == 0:
+                atomic_save(sd, os.path.join(out_dir, f'transformer_epoch_{epoch}.pt'))
+            atomic_save(sd, args.checkpoint_path)
+            save_state()
+            write_log(st['rows'], out_dir)
+    if world > 1:
+        dist.destroy_process_group()
+    return st
+
+
+if __name__ == '__main__':
+    try:
+        main()
+    except (FileNotFoundError, ValueError, TrainingDiverged) as e:
+        sys.exit(f"error: {e}")

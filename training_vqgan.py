@@ -1,0 +1,315 @@
+"""Train the VQGAN tokenizer: L1 + L2 reconstruction, codebook/commitment loss, PatchGAN after --disc-start.
+
+    python training_vqgan.py --config configs/VQGAN_small.yml --threads 1
+    python training_vqgan.py --config configs/VQGAN_small.yml --resume runs/vqgan_small/last.pt
+    python training_vqgan.py --export runs/vqgan_small/best.pt --out checkpoints/vqgan_small.pt
+
+The run folder gets log.csv (one validation row per epoch), recon_epochNNN.png (originals above
+reconstructions), last.pt and best.pt (highest validation PSNR). Checkpoints are dicts whose `model`
+entry is the plain state_dict the course's loader expects; --export writes that alone in fp16.
+"""
+import argparse
+import csv
+import math
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from models.discriminator import Discriminator
+from models.vqgan import VQGAN, model_state_dict
+from utils import (ImageDataset, atomic_save, data_stats, denormalize, load_checkpoint, load_config,
+                   load_state_dict_checked, resolve_device, save_grid, seed_everything)
+
+TRAIN_DEFAULTS = dict(batch_size=16, accum_grad=1, learning_rate=2.25e-4, betas=[0.5, 0.9], epochs=10,
+                      l1_weight=1.0, l2_weight=1.0, disc_start=2000, disc_weight=0.5,
+                      disc_config='configs/Discriminator.yml', run_dir='runs/vqgan')
+CSV_FIELDS = ['epoch', 'step', 'train_loss', 'train_rec', 'train_q', 'val_l1', 'val_psnr', 'usage_pct',
+              'perplexity', 'seconds']
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--config', default='configs/VQGAN_small.yml')
+    p.add_argument('--train-path', default=None, help="default: the config's data.train_path")
+    p.add_argument('--val-path', default=None, help="default: the config's data.val_path")
+    p.add_argument('--partial', type=float, default=1.0)
+    p.add_argument('--batch-size', type=int, default=None)
+    p.add_argument('--accum-grad', type=int, default=None)
+    p.add_argument('--epochs', type=int, default=None)
+    p.add_argument('--learning-rate', type=float, default=None)
+    p.add_argument('--disc-start', type=int, default=None, help='optimiser steps before the GAN loss')
+    p.add_argument('--max-steps', type=int, default=None, help='stop (validate, save) after this many steps')
+    p.add_argument('--max-minutes', type=float, default=None, help='stop (validate, save) after this long')
+    p.add_argument('--run-dir', default=None)
+    p.add_argument('--resume', default=None, help='a last.pt/best.pt to continue from')
+    p.add_argument('--device', default=None, help='cuda, cpu, cuda:1 ... (default: cuda if available)')
+    p.add_argument('--num-workers', type=int, default=0)
+    p.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (CPU)')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--export', default=None, help='checkpoint to export as a plain fp16 state_dict to --out')
+    p.add_argument('--out', default=None, help='output path of --export')
+    return p.parse_args(argv)
+
+
+def settings(args, cfg):
+    """The config's train: section with defaults, overridden by the flags that were given."""
+    t = {**TRAIN_DEFAULTS, **(cfg.get('train') or {})}
+    data = cfg.get('data') or {}
+    for key in ('batch_size', 'accum_grad', 'epochs', 'learning_rate', 'disc_start', 'run_dir'):
+        if getattr(args, key) is not None:
+            t[key] = getattr(args, key)
+    t['train_path'] = args.train_path or data.get('train_path', 'data/openclipart/train')
+    t['val_path'] = args.val_path or data.get('val_path', 'data/openclipart/val')
+    return t
+
+
+# ----------------------------------------------------------------------------- losses, metrics
+
+def adaptive_weight(rec_loss, g_loss, last_layer):
+    """Balance the GAN term against reconstruction by their gradient norms at the decoder's last layer."""
+    rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
+    g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+    return (rec_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0, 1e4).detach()
+
+
+def codebook_stats(counts):
+    """Token counts [K] -> (% of codes used, perplexity = exp(entropy of the usage distribution))."""
+    p = counts.float() / counts.sum().clamp(min=1)
+    entropy = -(p * p.clamp(min=1e-12).log()).sum()
+    return (counts > 0).float().mean().item() * 100, entropy.exp().item()
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, mean, std, amp):
+    """Validation: L1 (normalised space), PSNR in [0, 1] pixel space, codebook usage % and perplexity."""
+    model.eval()
+    counts = torch.zeros(model.num_codebook_vectors, device=device)
+    l1 = psnr = n = 0.0
+    for x in loader:
+        x = x.to(device)
+        with amp():
+            x_hat, idx, _ = model(x)
+        x_hat = x_hat.float()
+        l1 += (x_hat - x).abs().mean([1, 2, 3]).sum().item()
+        mse = (denormalize(x_hat, mean, std) - denormalize(x, mean, std)).pow(2).mean([1, 2, 3])  # [B]
+        psnr += (10 * torch.log10(1 / mse.clamp(min=1e-10))).sum().item()
+        counts += torch.bincount(idx, minlength=model.num_codebook_vectors)
+        n += x.shape[0]
+    usage, perplexity = codebook_stats(counts)
+    model.train()
+    return dict(val_l1=l1 / n, val_psnr=psnr / n, usage_pct=usage, perplexity=perplexity)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def rng_state(loader_gen):
+    np_state = np.random.get_state()
+    state = dict(torch=torch.get_rng_state(), loader=loader_gen.get_state(), python=random.getstate(),
+                 numpy=dict(keys=torch.from_numpy(np_state[1].astype(np.int64)), pos=np_state[2],
+                            has_gauss=np_state[3], cached=np_state[4]))
+    if torch.cuda.is_available():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state, loader_gen):
+    torch.set_rng_state(state['torch'])
+    loader_gen.set_state(state['loader'])
+    random.setstate(state['python'])
+    n = state['numpy']
+    np.random.set_state(('MT19937', n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['cached']))
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def export_state_dict(ckpt_path, out_path, dtype=torch.float16):
+    """Training checkpoint (or plain state_dict) -> a plain state_dict in `dtype`, loadable by load_vqgan."""
+    sd = {k: v.to(dtype) if v.is_floating_point() else v
+          for k, v in model_state_dict(load_checkpoint(ckpt_path)).items()}
+    atomic_save(sd, out_path)
+    return sd
+
+
+# ----------------------------------------------------------------------------- training
+
+def amp_setup(device):
+    """(autocast factory, GradScaler): bf16 on CUDA where supported (no scaling needed), else fp16 with a
+    GradScaler; off on CPU, where autocast would be slower than fp32."""
+    dtype = None
+    if device.type == 'cuda':
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler('cuda', enabled=dtype == torch.float16)
+    return (lambda: torch.autocast('cuda', dtype=dtype, enabled=dtype is not None)), scaler
+
+
+def train_step(model, disc, x, t, gan_on, amp, scaler, accum=1):
+    """Forward and backward of one micro-batch: the VQGAN's loss, then D's hinge loss when the GAN is on.
+
+    Returns the VQGAN's (loss, reconstruction, q_loss), detached. Gradients accumulate until optimiser_step.
+    """
+    with amp():
+        x_hat, _, q_loss = model(x)
+        rec = t['l1_weight'] * (x_hat - x).abs().mean() + t['l2_weight'] * (x_hat - x).pow(2).mean()
+        loss = rec + q_loss
+        if gan_on:
+            disc.requires_grad_(False)  # the generator's GAN term must not touch D's gradients
+            g_loss = -disc(x_hat).mean()
+            disc.requires_grad_(True)
+            loss = loss + t['disc_weight'] * adaptive_weight(rec, g_loss, model.last_layer_weight()) * g_loss
+    if not torch.isfinite(loss):
+        raise NonFiniteLoss(f"non-finite loss ({loss.item()})")
+    scaler.scale(loss / accum).backward()
+    if gan_on:
+        with amp():
+            d_loss = 0.5 * (F.relu(1 - disc(x)).mean() + F.relu(1 + disc(x_hat.detach())).mean())  # hinge
+        scaler.scale(d_loss / accum).backward()
+    return loss.detach(), rec.detach(), q_loss.detach()
+
+
+def optimiser_step(opt, opt_d, scaler, gan_on):
+    scaler.step(opt)
+    if gan_on:
+        scaler.step(opt_d)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
+    opt_d.zero_grad(set_to_none=True)
+
+
+def train(args):
+    """Run (or continue) a training; returns the last validation metrics with epoch and step."""
+    cfg = load_config(args.config)
+    if 'model_param' not in cfg:
+        raise ValueError(f"config {args.config} has no 'model_param' section")
+    t = settings(args, cfg)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    device = resolve_device(args.device)
+    mean, std = data_stats(cfg, 'train')
+    run_dir = t['run_dir']
+    os.makedirs(run_dir, exist_ok=True)
+
+    model = VQGAN(cfg['model_param']).to(device)
+    disc = Discriminator(load_config(t['disc_config'])['model_param']).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=t['learning_rate'], betas=tuple(t['betas']), eps=1e-8)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=t['learning_rate'], betas=tuple(t['betas']), eps=1e-8)
+    amp, scaler = amp_setup(device)
+
+    train_set = ImageDataset(t['train_path'], args.partial, mean, std)
+    val_set = ImageDataset(t['val_path'], args.partial, mean, std)
+    loader_gen = torch.Generator().manual_seed(args.seed)
+    train_loader = DataLoader(train_set, batch_size=t['batch_size'], shuffle=True, drop_last=True,
+                              num_workers=args.num_workers, generator=loader_gen,
+                              pin_memory=device.type == 'cuda')
+    if len(train_loader) == 0:
+        raise ValueError(f"{t['train_path']}: {len(train_set)} images are fewer than one batch of {t['batch_size']}")
+    val_loader = DataLoader(val_set, batch_size=64, num_workers=args.num_workers)
+
+    epoch = step = 0
+    best_psnr = -math.inf
+    if args.resume:
+        ck = load_checkpoint(args.resume)
+        if not isinstance(ck, dict) or 'opt' not in ck:
+            raise ValueError(f"{args.resume} is not a training checkpoint of training_vqgan.py (no optimiser state)")
+        load_state_dict_checked(model, ck['model'], args.resume)
+        load_state_dict_checked(disc, ck['disc'], args.resume)
+        opt.load_state_dict(ck['opt'])
+        opt_d.load_state_dict(ck['opt_disc'])
+        scaler.load_state_dict(ck['scaler'])
+        epoch, step, best_psnr = ck['epoch'], ck['step'], ck['best_psnr']
+        set_rng_state(ck['rng'], loader_gen)
+        print(f"resumed from {args.resume}: epoch {epoch}, step {step}, best PSNR {best_psnr:.2f} dB")
+
+    def checkpoint(metrics):
+        return dict(model=model.state_dict(), disc=disc.state_dict(), opt=opt.state_dict(),
+                    opt_disc=opt_d.state_dict(), scaler=scaler.state_dict(), epoch=epoch, step=step,
+                    best_psnr=best_psnr, rng=rng_state(loader_gen), config=cfg, metrics=metrics)
+
+    log_path = os.path.join(run_dir, 'log.csv')
+    grid_x = torch.stack([val_set[i] for i in range(min(8, len(val_set)))]).to(device)
+    accum = t['accum_grad']
+    start = time.time()
+    metrics = {}
+    stop = False
+    model.train()
+    disc.train()
+    while epoch < t['epochs'] and not stop:
+        sums = dict(loss=0.0, rec=0.0, q=0.0)
+        n_batches = 0
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{t['epochs']}", dynamic_ncols=True, leave=False)
+        for i, x in enumerate(bar):
+            x = x.to(device, non_blocking=True)
+            gan_on = step >= t['disc_start']
+            try:
+                loss, rec, q_loss = train_step(model, disc, x, t, gan_on, amp, scaler, accum)
+            except NonFiniteLoss as e:
+                raise NonFiniteLoss(f"{e} at step {step} of epoch {epoch + 1}") from None
+            if (i + 1) % accum == 0:
+                optimiser_step(opt, opt_d, scaler, gan_on)
+                step += 1
+            sums['loss'] += loss.item()
+            sums['rec'] += rec.item()
+            sums['q'] += q_loss.item()
+            n_batches += 1
+            bar.set_postfix(loss=f"{loss.item():.4f}", rec=f"{rec.item():.4f}", step=step)
+            stop = ((args.max_steps is not None and step >= args.max_steps)
+                    or (args.max_minutes is not None and time.time() - start > 60 * args.max_minutes))
+            if stop:
+                break
+        epoch += 1
+        metrics = evaluate(model, val_loader, device, mean, std, amp)
+        row = dict(epoch=epoch, step=step, **{f'train_{k}': v / max(n_batches, 1) for k, v in sums.items()},
+                   **metrics, seconds=round(time.time() - start, 1))
+        new = not os.path.exists(log_path)
+        with open(log_path, 'a', newline='') as f:
+            w = csv.DictWriter(f, CSV_FIELDS)
+            if new:
+                w.writeheader()
+            w.writerow({k: (f'{v:.5g}' if isinstance(v, float) else v) for k, v in row.items()})
+        print(f"epoch {epoch} step {step}: val PSNR {metrics['val_psnr']:.2f} dB, L1 {metrics['val_l1']:.4f}, "
+              f"codebook usage {metrics['usage_pct']:.1f}%, perplexity {metrics['perplexity']:.1f}", flush=True)
+        model.eval()
+        with torch.no_grad(), amp():
+            recon = model(grid_x)[0].float()
+        model.train()
+        save_grid(torch.cat([denormalize(grid_x, mean, std), denormalize(recon, mean, std)]),
+                  os.path.join(run_dir, f'recon_epoch{epoch:03d}.png'), nrow=len(grid_x))
+        is_best = metrics['val_psnr'] > best_psnr
+        best_psnr = max(best_psnr, metrics['val_psnr'])
+        ck = checkpoint(metrics)
+        atomic_save(ck, os.path.join(run_dir, 'last.pt'))
+        if is_best:
+            atomic_save(ck, os.path.join(run_dir, 'best.pt'))
+    return dict(epoch=epoch, step=step, **metrics)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        if args.export:
+            if not args.out:
+                raise ValueError("--export needs --out")
+            sd = export_state_dict(args.export, args.out)
+            print(f"wrote {args.out}: {len(sd)} tensors, {sum(v.numel() for v in sd.values()) / 1e6:.2f}M values, fp16")
+            return
+        train(args)
+    except NonFiniteLoss as e:
+        run_dir = args.run_dir or settings(args, load_config(args.config))['run_dir']
+        sys.exit(f"training_vqgan.py: {e}; stopped, last good checkpoint kept in {run_dir}/last.pt")
+    except (FileNotFoundError, ValueError) as e:  # bad config, folder or checkpoint: one line, no traceback
+        sys.exit(f"training_vqgan.py: {e}")
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,308 @@
+"""Shared helpers: config and checkpoint I/O, datasets in the course layout, the latent mask.
+
+Everything here is used by more than one script; scripts stay thin CLIs over `models/` and this.
+"""
+import hashlib
+import os
+import random
+import re
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from PIL import Image
+from torch.utils.data import Dataset
+
+# The course's normalisation statistics (train and test differ slightly in the course).
+TRAIN_MEAN = (0.4816, 0.4324, 0.3845)
+TRAIN_STD = (0.2602, 0.2518, 0.2537)
+TEST_MEAN = (0.4868, 0.4341, 0.3844)
+TEST_STD = (0.2620, 0.2527, 0.2543)
+MASK_FILL = (128, 128, 128)  # colour of the holes in the course's masked images
+IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp')
+
+
+# ----------------------------------------------------------------------------- config, files
+
+def load_config(path):
+    """YAML config as a dict; a missing or malformed file is a one-line error naming it."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config not found: {path}")
+    try:
+        with open(path) as f:
+            cfg = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ValueError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"config {path} must be a mapping, got {type(cfg).__name__}")
+    return cfg
+
+
+def data_stats(cfg, split='train'):
+    """(mean, std) for `split` from a config's optional `data:` section, else the course's."""
+    data = (cfg or {}).get('data', {}) or {}
+    default_mean, default_std = (TRAIN_MEAN, TRAIN_STD) if split == 'train' else (TEST_MEAN, TEST_STD)
+    return tuple(data.get(f'{split}_mean', default_mean)), tuple(data.get(f'{split}_std', default_std))
+
+
+def _tmp_name(path):
+    d, base = os.path.split(os.path.abspath(path))
+    return os.path.join(d, f'.{base}.tmp{os.getpid()}')
+
+
+def atomic_save(obj, path):
+    """torch.save to a temporary name in the same folder, then rename: a crash never leaves a torn file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_save_image(img, path):
+    """Save a PIL image (format from the extension of `path`) atomically."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        img.save(tmp, format=Image.registered_extensions()[os.path.splitext(path)[1].lower()])
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def sha256_file(path, chunk=1 << 20):
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(chunk), b''):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_checkpoint(path, map_location='cpu'):
+    """torch.load with weights_only=True; missing or unreadable files are one-line errors naming the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types for corrupt/unsafe files
+        raise ValueError(f"cannot load checkpoint {path}: {str(e).splitlines()[0]}") from None
+
+
+def load_state_dict_checked(module, state_dict, source):
+    """Strict load whose error names the first missing/unexpected/mismatching key and both shapes."""
+    own = module.state_dict()
+    for k, v in state_dict.items():
+        if k not in own:
+            raise ValueError(f"{source}: unexpected key '{k}' (shape {tuple(v.shape)}) not in the model; "
+                             f"does the checkpoint match the config?")
+        if tuple(own[k].shape) != tuple(v.shape):
+            raise ValueError(f"{source}: key '{k}' has shape {tuple(v.shape)} in the checkpoint "
+                             f"but {tuple(own[k].shape)} in the model built from the config")
+    missing = [k for k in own if k not in state_dict]
+    if missing:
+        raise ValueError(f"{source}: key '{missing[0]}' (shape {tuple(own[missing[0]].shape)}) is missing "
+                         f"from the checkpoint ({len(missing)} missing in all)")
+    module.load_state_dict(state_dict, strict=True)
+    return module
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name=None):
+    """'cuda' when available and not overridden; a request for CUDA without CUDA is an error."""
+    if name in (None, '', 'auto'):
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    dev = torch.device(name)
+    if dev.type == 'cuda' and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {name} asked for CUDA, but torch sees no GPU here (use --device cpu)")
+    return dev
+
+
+# ----------------------------------------------------------------------------- images
+
+def list_images(root, partial=1.0, what='image'):
+    """Sorted image files of a folder (the course's `sorted(os.listdir)`), first int(n * partial) kept."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"{what} folder not found: {root}")
+    if not 0 < partial <= 1:
+        raise ValueError(f"--partial must be in (0, 1], got {partial}")
+    names = sorted(n for n in os.listdir(root) if n.lower().endswith(IMAGE_EXTS))
+    names = names[:int(len(names) * partial)]
+    if not names:
+        raise ValueError(f"no {what} files in {root}" + (f" with --partial {partial}" if partial < 1 else ""))
+    return [os.path.join(root, n) for n in names]
+
+
+def normalize(x, mean, std):
+    """[.., 3, H, W] in [0, 1] -> normalised."""
+    return (x - x.new_tensor(mean)[:, None, None]) / x.new_tensor(std)[:, None, None]
+
+
+def denormalize(x, mean, std):
+    """Inverse of `normalize`, clamped to [0, 1]."""
+    return (x * x.new_tensor(std)[:, None, None] + x.new_tensor(mean)[:, None, None]).clamp(0, 1)
+
+
+def pil_to_tensor01(img):
+    """PIL image -> float tensor [C, H, W] in [0, 1] (torchvision's ToTensor)."""
+    a = np.asarray(img, dtype=np.uint8)
+    a = a[:, :, None] if a.ndim == 2 else a
+    return torch.from_numpy(a.copy()).permute(2, 0, 1).float().div_(255)
+
+
+def tensor01_to_pil(x):
+    """[3, H, W] (or [1, H, W]) in [0, 1] -> PIL RGB (or L), rounding like torchvision's save_image."""
+    a = x.detach().float().clamp(0, 1).mul(255).add_(0.5).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a)
+
+
+def load_rgb(path):
+    try:
+        with Image.open(path) as img:
+            return img.convert('RGB')
+    except Exception as e:
+        raise ValueError(f"cannot read image {path}: {str(e).splitlines()[0]}") from None
+
+
+def save_grid(images, path, nrow):
+    """[N, 3, H, W] in [0, 1] -> one PNG grid (2-pixel white borders), written atomically."""
+    from torchvision.utils import make_grid
+    atomic_save_image(tensor01_to_pil(make_grid(images.float().cpu(), nrow=nrow, padding=2, pad_value=1)), path)
+
+
+# ----------------------------------------------------------------------------- datasets
+
+class ImageDataset(Dataset):
+    """Images of a folder, RGB, ToTensor then Normalize (the course's LoadTrainData / LoadTestData)."""
+
+    def __init__(self, root, partial=1.0, mean=TRAIN_MEAN, std=TRAIN_STD):
+        self.paths = list_images(root, partial)
+        self.mean, self.std = mean, std
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        return normalize(pil_to_tensor01(load_rgb(self.paths[i])), self.mean, self.std)  # [3, H, W]
+
+
+def load_mask(path):
+    """Mask PNG -> float [1, H, W] with 1 = keep, 0 = hole (the course's ToTensor on mode L)."""
+    try:
+        with Image.open(path) as img:
+            return pil_to_tensor01(img.convert('L'))
+    except Exception as e:
+        raise ValueError(f"cannot read mask {path}: {str(e).splitlines()[0]}") from None
+
+
+class MaskDataset(Dataset):
+    """Masks of a folder as float [1, H, W]: 1 = keep, 0 = hole (the course's LoadMaskData)."""
+
+    def __init__(self, root, partial=1.0):
+        self.paths = list_images(root, partial, what='mask')
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        return load_mask(self.paths[i])
+
+
+def _index_of(path):
+    m = re.search(r'(\d+)\.[A-Za-z]+$', os.path.basename(path))
+    return int(m.group(1)) if m else None
+
+
+class PairedTestDataset(Dataset):
+    """Masked test images with their masks, paired by number (image_007.png <-> mask_007.png).
+
+    Returns (image [3, H, W] normalised, mask [1, H, W], index). Every image must have its mask and
+    vice versa; the first unpaired file is named in the error.
+    """
+
+    def __init__(self, image_root, mask_root, partial=1.0, mean=TEST_MEAN, std=TEST_STD):
+        images = list_images(image_root, 1.0, what='masked image')
+        masks = {_index_of(p): p for p in list_images(mask_root, 1.0, what='mask')}
+        image_idx = {}
+        for p in images:
+            k = _index_of(p)
+            if k is None or k not in masks:
+                raise ValueError(f"masked image {p} has no mask in {mask_root} "
+                                 f"(expected mask_{k if k is not None else 'N'}.png)")
+            image_idx[k] = p
+        for k, p in masks.items():
+            if k not in image_idx:
+                raise ValueError(f"mask {p} has no masked image in {image_root}")
+        order = [k for k in sorted(image_idx, key=lambda k: os.path.basename(image_idx[k]))]
+        order = order[:int(len(order) * partial)]
+        if not order:
+            raise ValueError(f"no test images left in {image_root} with --partial {partial}")
+        self.indices = order
+        self.images = [image_idx[k] for k in order]
+        self.masks = [masks[k] for k in order]
+        self.mean, self.std = mean, std
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        img = normalize(pil_to_tensor01(load_rgb(self.images[i])), self.mean, self.std)
+        mask = load_mask(self.masks[i])
+        if mask.shape[1:] != img.shape[1:]:
+            raise ValueError(f"mask {self.masks[i]} is {tuple(mask.shape[1:])} but image {self.images[i]} "
+                             f"is {tuple(img.shape[1:])}")
+        return img, mask, self.indices[i]
+
+
+def latent_mask(mask, factor=4):
+    """Pixel mask (1 = keep) [B, 1, H, W] or [B, H, W] -> token mask [B, H/f, W/f], True = unknown.
+
+    The course's rule: average-pool by `factor`; a token stays visible only if all its pixels are kept.
+    """
+    if mask.dim() == 3:
+        mask = mask[:, None]
+    if mask.shape[-1] % factor or mask.shape[-2] % factor:
+        raise ValueError(f"mask size {tuple(mask.shape[-2:])} is not divisible by the VQGAN's factor {factor}")
+    return F.avg_pool2d(mask.float(), factor)[:, 0] < 1  # [B, H/f, W/f]
+
+
+# ----------------------------------------------------------------------------- ground-truth CSV
+
+def write_gt_csv(images, path):
+    """uint8 [N, H, W, 3] -> the course's CSV: a header row, then one row of H*W*3 values (HWC) per image."""
+    images = np.asarray(images, dtype=np.uint8)
+    flat = images.reshape(len(images), -1)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, 'w') as f:
+            f.write(','.join(str(i) for i in range(flat.shape[1])) + '\n')
+            np.savetxt(f, flat, fmt='%d', delimiter=',')
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_gt_csv(path):
+    """The course's ground-truth CSV -> uint8 [N, S, S, 3]; a width that is not 3*S*S is a clear error."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"ground-truth CSV not found: {path}")
+    flat = np.loadtxt(path, delimiter=',', skiprows=1, dtype=np.int64, ndmin=2)
+    if flat.size == 0:
+        raise ValueError(f"ground-truth CSV {path} has no rows")
+    side = int(round((flat.shape[1] / 3) ** 0.5))
+    if side * side * 3 != flat.shape[1]:
+        raise ValueError(f"ground-truth CSV {path} has rows of {flat.shape[1]} values; expected 3*S*S "
+                         f"(12288 for 64x64 RGB)")
+    if flat.min() < 0 or flat.max() > 255:
+        raise ValueError(f"ground-truth CSV {path} has values outside 0..255")
+    return flat.astype(np.uint8).reshape(len(flat), side, side, 3)
