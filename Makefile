@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 DATA   ?= data/openclipart
+RESULTS ?= results/demo
 
 .PHONY: setup test data demo clean
 
@@ -33,7 +34,16 @@ $(DATA)/test_gt.csv:
 	$(PY) prepare_dataset.py --source openclipart --out $(DATA) --overwrite
 
 demo: data
-	@echo "==> demo: dataset ready in $(DATA)"
+	@echo "==> demo: inpainting the $(DATA) test split with the shipped checkpoints (configs/MaskGit_small.yml)"
+	$(PY) inpainting.py --MaskGitConfig configs/MaskGit_small.yml --device cpu \
+	  --test-maskedimage-path $(DATA)/masked_image --test-mask-path $(DATA)/mask64 \
+	  --total-iter 8 --mask-func cosine --paste-known --gallery 8 --gt-path $(DATA)/test --output-dir $(RESULTS)
+	@echo "==> demo: FID of the inpainted images against $(DATA)/test_gt.csv"
+	$(PY) faster-pytorch-fid/fid_score_gpu.py --device cpu --predicted-path $(RESULTS)/test_results \
+	  --gtcsv-path $(DATA)/test_gt.csv --json-out $(RESULTS)/results.json
+	@echo "==> demo: done. Inpainted images: $(RESULTS)/test_results/"
+	@echo "    gallery (input | steps | result | ground truth): $(RESULTS)/gallery.png"
+	@echo "    schedules compared: $(RESULTS)/schedules.png;  FID: $(RESULTS)/results.json"
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -6,6 +6,7 @@ The course's flags keep their meaning. Writes, under --output-dir:
   imga/test_{i}.png               the input, then the image decoded at every step
   schedules.png                   each row a mask schedule on the first images of the first batch:
                                   the mask of the first image at every step, then the results
+  gallery.png                     with --gallery N: input | each step | result | ground truth (--gt-path)
 """
 import argparse
 import os
@@ -18,10 +19,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from models.decoding import decode, image_seeds, mask_schedule
-from models.maskgit import MaskGit, gamma_func
+from models.maskgit import MaskGit, gamma_func, transformer_state_dict
 from models.vqgan import load_vqgan
 from utils import (PairedTestDataset, atomic_save_image, data_stats, denormalize, latent_mask, load_checkpoint,
-                   load_config, load_state_dict_checked, resolve_device, save_grid, tensor01_to_pil)
+                   load_config, load_rgb, load_state_dict_checked, pil_to_tensor01, resolve_device, save_grid,
+                   tensor01_to_pil)
 
 SCHEDULES = ('cosine', 'linear', 'square', 'arccos', 'root')
 SUMMARY_IMAGES = 4  # images per row of schedules.png
@@ -34,8 +36,9 @@ def parse_args(argv=None):
     p.add_argument('--partial', type=float, default=1.0, help="keep the first int(n * partial) test images")
     p.add_argument('--num_workers', type=int, default=0, help="DataLoader workers")
     p.add_argument('--MaskGitConfig', default='configs/MaskGit_small.yml', help="MaskGit config (course: configs/MaskGit.yml)")
-    p.add_argument('--load-transformer-ckpt-path', default='runs/transformer/last_ckpt.pt',
-                   help="transformer state_dict (the course's format) or a dict with key 'transformer' (train_state.pt)")
+    p.add_argument('--load-transformer-ckpt-path', default=None,
+                   help="transformer state_dict (the course's format) or a train_state.pt "
+                        "(default: the config's checkpoint: path, the shipped one for MaskGit_small.yml)")
     p.add_argument('--test-maskedimage-path', default='data/openclipart/masked_image')
     p.add_argument('--test-mask-path', default='data/openclipart/mask64')
     p.add_argument('--sweet-spot', type=int, default=-1,
@@ -48,6 +51,9 @@ def parse_args(argv=None):
     p.add_argument('--vqgan-ckpt', default=None, help="VQGAN checkpoint (default: VQ_CKPT_path of the config)")
     p.add_argument('--amp', action='store_true', help="bfloat16 autocast for the networks")
     p.add_argument('--paste-known', action='store_true', help="composite the input's known pixels over the result")
+    p.add_argument('--gallery', type=int, default=0, metavar='N',
+                   help="write gallery.png: the first N images as rows of input | steps | result (| ground truth)")
+    p.add_argument('--gt-path', default=None, help="ground-truth folder (image_{i:03d}.png) for the gallery's last column")
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error("--batch-size must be >= 1")
@@ -67,10 +73,11 @@ def load_maskgit(args, device):
     vq = mp['VQ_Configs']
     vqgan = load_vqgan(vq['VQ_config_path'], args.vqgan_ckpt or vq.get('VQ_CKPT_path'), device)
     model = MaskGit(mp, vqgan)
-    sd = load_checkpoint(args.load_transformer_ckpt_path)
-    if isinstance(sd, dict) and isinstance(sd.get('transformer'), dict):
-        sd = sd['transformer']
-    load_state_dict_checked(model.transformer, sd, args.load_transformer_ckpt_path)
+    ckpt = args.load_transformer_ckpt_path or (cfg.get('checkpoint') or {}).get('path')
+    if not ckpt:
+        raise ValueError(f"no transformer checkpoint: pass --load-transformer-ckpt-path or set 'checkpoint: path:' "
+                         f"in {args.MaskGitConfig}")
+    load_state_dict_checked(model.transformer, transformer_state_dict(load_checkpoint(ckpt)), ckpt)
     return model.to(device).eval(), cfg
 
 
@@ -136,7 +143,7 @@ class Inpainter:
 
 
 def save_results(inp, imgs, masks, ids, out):
-    """Writes the three per-image files of one batch."""
+    """Writes the three per-image files of one batch; returns (input, steps [S, B, ...], final) in [0, 1]."""
     a, vq = inp.args, inp.vqgan
     final = inp.final(imgs, masks, out)                                        # [B, 3, H, W]
     S, B = out.preds.shape[:2]
@@ -149,6 +156,22 @@ def save_results(inp, imgs, masks, ids, out):
         save_grid(tiles[:, b], os.path.join(a.output_dir, 'mask_scheduling', f'test_{i}.png'), nrow=S + 1)
         save_grid(torch.cat([shown[b:b + 1], steps[:, b]]), os.path.join(a.output_dir, 'imga', f'test_{i}.png'),
                   nrow=S + 1)
+    return shown, steps, final
+
+
+def gt_file(gt_root, i):
+    return os.path.join(gt_root, f'image_{i:03d}.png')
+
+
+def save_gallery(shown, steps, final, ids, gt_root, path, n):
+    """The first n images, one row each: masked input | decoded image per step | result | ground truth."""
+    rows = []
+    for b, i in enumerate(ids[:n].tolist()):
+        row = [shown[b:b + 1], steps[:, b], final[b:b + 1]]
+        if gt_root:
+            row.append(pil_to_tensor01(load_rgb(gt_file(gt_root, i)))[None].to(final.device))
+        rows.append(torch.cat(row))
+    save_grid(torch.cat(rows), path, nrow=rows[0].shape[0])
 
 
 def save_schedules(inp, imgs, masks, ids, path):
@@ -174,12 +197,20 @@ def run(args):
     mean, std = data_stats(cfg, 'test')
     data = PairedTestDataset(args.test_maskedimage_path, args.test_mask_path, args.partial, mean, std)
     check_sizes(data, model.vqgan.img_resolution)
+    if args.gallery and args.gt_path:  # checked before any output is written
+        missing = [gt_file(args.gt_path, i) for i in data.indices[:min(args.gallery, args.batch_size)]
+                   if not os.path.isfile(gt_file(args.gt_path, i))]
+        if missing:
+            raise FileNotFoundError(f"--gt-path: no ground truth {missing[0]} for the gallery")
     loader = DataLoader(data, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers)
     inp = Inpainter(model, args, mean, std)
     for k, (imgs, masks, ids) in enumerate(tqdm(loader, desc='inpainting', unit='batch')):
         imgs, masks = imgs.to(device), masks.to(device)
-        save_results(inp, imgs, masks, ids, inp(imgs, masks, ids, args.mask_func))
+        shown, steps, final = save_results(inp, imgs, masks, ids, inp(imgs, masks, ids, args.mask_func))
         if k == 0:
+            if args.gallery:
+                save_gallery(shown, steps, final, ids, args.gt_path, os.path.join(args.output_dir, 'gallery.png'),
+                             args.gallery)
             summary = os.path.join(args.output_dir, 'schedules.png')
             counts = save_schedules(inp, imgs, masks, ids, summary)
             tqdm.write(f"masked tokens per step of image {ids[0].item()} -> {summary}\n  " + "\n  ".join(counts))

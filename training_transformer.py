@@ -30,10 +30,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from models.maskgit import MaskGit, masked_accuracy, mvtm_loss
+from models.maskgit import MaskGit, masked_accuracy, mvtm_loss, transformer_state_dict
 from models.token_cache import load_tokens
 from models.vqgan import load_vqgan
-from utils import (atomic_save, atomic_save_image, load_checkpoint, load_config, load_state_dict_checked,
+from utils import (atomic_save, atomic_save_image, export_state_dict, load_checkpoint, load_config, load_state_dict_checked,
                    resolve_device, seed_everything)
 
 TRAIN_DEFAULTS = dict(epochs=100, batch_size=10, accum_grad=10, learning_rate=1e-4, warmup_steps=500,
@@ -78,6 +78,9 @@ def parse_args(argv=None):
     p.add_argument('--resume', nargs='?', const='auto', default=None,
                    help='continue bit-for-bit from a train_state.pt (default: the one beside --checkpoint-path)')
     p.add_argument('--cache-dir', default=None, help='token cache folder (default: the config\'s train.cache_dir)')
+    p.add_argument('--export', default=None, metavar='CKPT',
+                   help='write CKPT (a state_dict or train_state.pt) as a plain fp16 state_dict to --out, and exit')
+    p.add_argument('--out', default=None, help='output path of --export (a .sha256 is written beside it)')
     return p.parse_args(argv)
 
 
@@ -258,6 +261,12 @@ def setup_distributed(device_arg):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.export:
+        if not args.out:
+            raise ValueError("--export needs --out")
+        sd = export_state_dict(transformer_state_dict(load_checkpoint(args.export)), args.out)
+        print(f"wrote {args.out}: {len(sd)} tensors, {sum(v.numel() for v in sd.values()) / 1e6:.2f}M values, fp16")
+        return None
     cfg = load_config(args.MaskGitConfig)
     if 'model_param' not in cfg:
         raise ValueError(f"config {args.MaskGitConfig} has no 'model_param' section")
@@ -318,7 +327,7 @@ def main(argv=None):
     if args.resume:
         path = state_path if args.resume == 'auto' else args.resume
         ckpt = load_checkpoint(path)
-        load_state_dict_checked(raw.transformer, ckpt['transformer'], path)
+        load_state_dict_checked(raw.transformer, transformer_state_dict(ckpt), path)
         opt.load_state_dict(ckpt['optimizer'])
         scaler.load_state_dict(ckpt['scaler'])
         st = {k: ckpt[k] for k in st}

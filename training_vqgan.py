@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from models.discriminator import Discriminator
 from models.vqgan import VQGAN, model_state_dict
-from utils import (ImageDataset, atomic_save, data_stats, denormalize, load_checkpoint, load_config,
-                   load_state_dict_checked, resolve_device, save_grid, seed_everything)
+from utils import (ImageDataset, atomic_save, data_stats, denormalize, export_state_dict, load_checkpoint,
+                   load_config, load_state_dict_checked, resolve_device, save_grid, seed_everything)
 
 TRAIN_DEFAULTS = dict(batch_size=16, accum_grad=1, learning_rate=2.25e-4, betas=[0.5, 0.9], epochs=10,
                       l1_weight=1.0, l2_weight=1.0, disc_start=2000, disc_weight=0.5,
@@ -131,14 +131,6 @@ def set_rng_state(state, loader_gen):
     np.random.set_state(('MT19937', n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['cached']))
     if 'cuda' in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state['cuda'])
-
-
-def export_state_dict(ckpt_path, out_path, dtype=torch.float16):
-    """Training checkpoint (or plain state_dict) -> a plain state_dict in `dtype`, loadable by load_vqgan."""
-    sd = {k: v.to(dtype) if v.is_floating_point() else v
-          for k, v in model_state_dict(load_checkpoint(ckpt_path)).items()}
-    atomic_save(sd, out_path)
-    return sd
 
 
 # ----------------------------------------------------------------------------- training
@@ -300,7 +292,7 @@ def main(argv=None):
         if args.export:
             if not args.out:
                 raise ValueError("--export needs --out")
-            sd = export_state_dict(args.export, args.out)
+            sd = export_state_dict(model_state_dict(load_checkpoint(args.export)), args.out)
             print(f"wrote {args.out}: {len(sd)} tensors, {sum(v.numel() for v in sd.values()) / 1e6:.2f}M values, fp16")
             return
         train(args)

@@ -84,13 +84,36 @@ def sha256_file(path, chunk=1 << 20):
 
 
 def load_checkpoint(path, map_location='cpu'):
-    """torch.load with weights_only=True; missing or unreadable files are one-line errors naming the file."""
+    """torch.load with weights_only=True; missing or unreadable files are one-line errors naming the file.
+
+    A sidecar `<path>.sha256` (the shipped checkpoints have one) is verified before loading.
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    sidecar = f"{path}.sha256"
+    if os.path.isfile(sidecar):
+        with open(sidecar) as f:
+            want = (f.read().split() or [''])[0]
+        got = sha256_file(path)
+        if got != want:
+            raise ValueError(f"checkpoint {path} has SHA-256 {got[:16]}..., but {sidecar} says {want[:16]}...: "
+                             f"the file is corrupt or was replaced")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for corrupt/unsafe files
         raise ValueError(f"cannot load checkpoint {path}: {str(e).splitlines()[0]}") from None
+
+
+def export_state_dict(state_dict, path, dtype=torch.float16):
+    """A plain state_dict with floating tensors in `dtype`, written atomically with a `<path>.sha256` sidecar
+    (sha256sum's format) that load_checkpoint verifies."""
+    sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+    atomic_save(sd, path)
+    tmp = _tmp_name(f"{path}.sha256")
+    with open(tmp, 'w') as f:
+        f.write(f"{sha256_file(path)}  {os.path.basename(path)}\n")
+    os.replace(tmp, f"{path}.sha256")
+    return sd
 
 
 def load_state_dict_checked(module, state_dict, source):

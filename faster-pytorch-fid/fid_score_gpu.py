@@ -12,6 +12,7 @@ Speed comes from BatchNorm folded into the convolutions, channels_last, decoding
 streaming float64 statistics; the value stays within ~1e-4 of pytorch-fid's (benchmarks/bench_fid.py).
 """
 import argparse
+import json
 import os
 import sys
 
@@ -236,13 +237,21 @@ def main(argv=None):
     p.add_argument('--device', default=None, help='cuda if available, else cpu')
     p.add_argument('--dims', type=int, default=2048, choices=DIMS, help='Inception feature block')
     p.add_argument('--save-stats', default=None, metavar='FILE.npz', help='save the ground-truth statistics')
+    p.add_argument('--json-out', default=None, metavar='FILE.json', help='also write the FID and its inputs as JSON')
     args = p.parse_args(argv)
+    gt = args.gt_path or args.gtcsv_path
     try:
-        fid = compute_fid(args.predicted_path, args.gt_path or args.gtcsv_path, args.batch_size, args.num_workers,
-                          args.device, args.dims, args.save_stats)
+        fid = compute_fid(args.predicted_path, gt, args.batch_size, args.num_workers, args.device, args.dims,
+                          args.save_stats)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         # errors raised in a DataLoader worker carry the worker's traceback: its last line is the message
         sys.exit(f"error: {str(e).strip().splitlines()[-1]}")
+    if args.json_out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
+        tmp = f"{args.json_out}.tmp{os.getpid()}"
+        with open(tmp, 'w') as f:
+            json.dump({'fid': fid, 'predicted': args.predicted_path, 'ground_truth': gt, 'dims': args.dims}, f, indent=2)
+        os.replace(tmp, args.json_out)
     print('FID: ', fid)
 
 

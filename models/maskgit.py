@@ -125,3 +125,10 @@ def check_vqgan_matches(vqgan, model_param, source='MaskGit config'):
     if vqgan.latent_resolution ** 2 != n:
         raise ValueError(f"{source}: num_image_tokens={n} but the VQGAN's latent grid is "
                          f"{vqgan.latent_resolution}x{vqgan.latent_resolution}")
+
+
+def transformer_state_dict(ckpt):
+    """The transformer state_dict of a loaded checkpoint: the course's plain one, or train_state.pt's dict."""
+    if isinstance(ckpt, dict) and isinstance(ckpt.get('transformer'), dict):
+        return ckpt['transformer']
+    return ckpt

@@ -1,4 +1,5 @@
 """faster-pytorch-fid: weights conversion, statistics and Fréchet distance against pytorch-fid, bad input."""
+import json
 import os
 import subprocess
 import sys
@@ -188,7 +189,8 @@ def test_cli_from_inside_its_folder_prints_fid_last(tmp_path, weights):
     csv = str(tmp_path / 'gt.csv')
     write_gt_csv(rand_images(6, seed=4), csv)
     out = subprocess.run([sys.executable, 'fid_score_gpu.py', '--predicted-path', pred, '--gtcsv-path', csv,
-                          '--dims', '64', '--batch-size', '4', '--num-workers', '0', '--device', 'cpu'],
+                          '--dims', '64', '--batch-size', '4', '--num-workers', '0', '--device', 'cpu',
+                          '--json-out', str(tmp_path / 'r' / 'results.json')],
                          cwd=FID_DIR, capture_output=True, text=True, timeout=300,
                          env={**os.environ, 'MASKGIT_FID_CACHE': os.path.dirname(weights)})
     assert out.returncode == 0, out.stderr
@@ -196,3 +198,5 @@ def test_cli_from_inside_its_folder_prints_fid_last(tmp_path, weights):
     assert last.startswith('FID:  ')
     api = fs.compute_fid(pred, csv, batch_size=4, num_workers=0, device='cpu', dims=64, weights=weights)
     assert float(last.split()[-1]) == pytest.approx(api, rel=1e-4, abs=1e-6)  # float32 features: thread counts differ
+    saved = json.loads((tmp_path / 'r' / 'results.json').read_text())
+    assert saved['fid'] == float(last.split()[-1]) and saved['ground_truth'] == csv and saved['dims'] == 64

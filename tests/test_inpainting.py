@@ -340,6 +340,27 @@ def test_script_paste_known_and_sweet_spot(lab, tmp_path):
     assert Image.open(tmp_path / 'mask_scheduling' / f'test_{i}.png').size[0] == 3 * (IMG + 2) + 2  # start, 1, fill
 
 
+def test_gallery_rows_input_steps_result_ground_truth(lab, tmp_path, capsys):
+    gt = tmp_path / 'gt'
+    gt.mkdir()
+    for k, i in enumerate(IDS):
+        Image.new('RGB', (IMG, IMG), (40 * k, 0, 0)).save(gt / f'image_{i:03d}.png')
+    assert cli(lab, tmp_path / 'o', '--gallery', '2', '--gt-path', str(gt)) == 0
+    tile = IMG + 2
+    g = np.asarray(Image.open(tmp_path / 'o' / 'gallery.png'))
+    assert g.shape == (2 * tile + 2, 7 * tile + 2, 3)  # 2 images x (input, 4 steps, result, ground truth)
+    for row, i in enumerate(IDS[:2]):
+        y = 2 + row * tile
+        cell = lambda c: g[y:y + IMG, 2 + c * tile:2 + c * tile + IMG].astype(int)
+        assert np.abs(cell(0) - np.asarray(Image.open(lab / 'img' / f'image_{i:03d}.png'))).max() <= 1
+        assert np.array_equal(cell(5), np.asarray(Image.open(tmp_path / 'o' / 'test_results' / f'image_{i:03d}.png')))
+        assert np.array_equal(cell(6), np.asarray(Image.open(gt / f'image_{i:03d}.png')))
+    (gt / 'image_003.png').unlink()
+    capsys.readouterr()
+    err = _error(capsys, cli(lab, tmp_path / 'p', '--gallery', '1', '--gt-path', str(gt)))
+    assert 'image_003.png' in err and not (tmp_path / 'p' / 'test_results').exists()
+
+
 def test_script_accepts_training_state_dict(lab, tmp_path):
     atomic_save(dict(transformer=torch.load(lab / 'tr.pt', weights_only=True), epoch=3), str(tmp_path / 'state.pt'))
     assert cli(lab, tmp_path / 'o', '--partial', '0.4', ckpt=tmp_path / 'state.pt') == 0

@@ -15,7 +15,6 @@ import yaml
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-LAB = Path(__file__).resolve().parents[2] / 'shared' / 'lab'
 sys.path.insert(0, str(ROOT))
 
 import training_transformer as tt  # noqa: E402
@@ -89,15 +88,12 @@ def test_attention_sdpa_equals_explicit_softmax():
     assert not any(isinstance(m, torch.nn.MultiheadAttention) for m in tr.modules())
 
 
-def test_course_config_keys_match_manifest():
+def test_course_config_keys_match_manifest(course_manifest):
     cfg = yaml.safe_load((ROOT / 'configs' / 'MaskGit.yml').read_text())
     with torch.device('meta'):
         model = MaskGit(cfg['model_param'])
-    ours = [(k, 'x'.join(map(str, v.shape))) for k, v in model.transformer.state_dict().items()
-            if '.MultiHeadAttention.' not in k]
-    manifest = [tuple(line.split()) for line in (LAB / 'transformer_state_dict_keys.txt').read_text().splitlines()
-                if line.strip()]
-    assert ours == manifest
+    ours = [(k, tuple(v.shape)) for k, v in model.transformer.state_dict().items() if '.MultiHeadAttention.' not in k]
+    assert ours == course_manifest('transformer_state_dict_keys.txt')
     assert model.mask_token_id == 1024
 
 

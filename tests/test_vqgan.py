@@ -14,15 +14,9 @@ from models.vqgan import VQGAN, Codebook, load_vqgan
 from utils import load_checkpoint, load_config, load_state_dict_checked
 
 ROOT = Path(__file__).resolve().parents[1]
-MANIFEST = Path(__file__).resolve().parents[2] / 'shared' / 'lab' / 'vqgan_state_dict_keys.txt'
 TINY = dict(image_channels=3, enc_channels=[8, 8, 16], dec_channels=[8, 8, 16], latent_dim=8,
             img_resolution=32, latent_resolution=8, num_codebook_vectors=32, beta=0.25, gn_groups=4,
             enc_res_blocks=1, dec_res_blocks=1)
-
-
-def read_manifest():
-    rows = [line.split() for line in MANIFEST.read_text().splitlines() if line.strip()]
-    return [(k, tuple(int(s) for s in shape.split('x'))) for k, shape in rows]
 
 
 @pytest.fixture(scope='module')
@@ -39,8 +33,16 @@ def test_course_config_has_exactly_the_course_keys():
                       'latent_resolution', 'num_codebook_vectors', 'beta'}
 
 
-def test_state_dict_matches_course_manifest(course_model):
-    manifest = read_manifest()
+def test_manifest_copies_equal_the_course_files():
+    from conftest import SHARED_LAB, TEST_DATA
+    if not SHARED_LAB.is_dir():
+        pytest.skip(f"{SHARED_LAB} is not checked out beside the repo")
+    for name in ('vqgan_state_dict_keys.txt', 'transformer_state_dict_keys.txt'):
+        assert (TEST_DATA / name).read_text() == (SHARED_LAB / name).read_text(), name
+
+
+def test_state_dict_matches_course_manifest(course_model, course_manifest):
+    manifest = course_manifest('vqgan_state_dict_keys.txt')
     sd = course_model.state_dict()
     assert len(manifest) == 315
     assert [(k, tuple(v.shape)) for k, v in sd.items()] == manifest
@@ -223,6 +225,14 @@ def test_load_vqgan_accepts_training_dict_plain_and_fp16_export(setup, straight_
         y = ref(x)[0]
         assert torch.equal(load_vqgan(cfg, plain)(x)[0], y)
         assert (load_vqgan(cfg, fp16)(x)[0] - y).abs().mean() < 0.05
+    # the export's sidecar is sha256sum's format and is verified on every load
+    digest, name = (tmp_path / 'fp16.pt.sha256').read_text().split()
+    assert name == 'fp16.pt' and digest == hashlib.sha256(fp16.read_bytes()).hexdigest()
+    raw = bytearray(fp16.read_bytes())
+    raw[-100] ^= 1
+    fp16.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r'fp16\.pt has SHA-256 .* but .*fp16\.pt\.sha256 says'):
+        load_vqgan(cfg, fp16)
 
 
 def test_mismatched_checkpoint_names_key_and_shapes(setup, straight_run, tmp_path):
