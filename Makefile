@@ -35,11 +35,11 @@ $(DATA)/test_gt.csv:
 
 demo: data
 	@echo "==> demo: inpainting the $(DATA) test split with the shipped checkpoints (configs/MaskGit_small.yml)"
-	$(PY) inpainting.py --MaskGitConfig configs/MaskGit_small.yml --device cpu \
+	$(PY) inpainting.py --MaskGitConfig configs/MaskGit_small.yml \
 	  --test-maskedimage-path $(DATA)/masked_image --test-mask-path $(DATA)/mask64 \
 	  --total-iter 8 --mask-func cosine --paste-known --gallery 8 --gt-path $(DATA)/test --output-dir $(RESULTS)
 	@echo "==> demo: FID of the inpainted images against $(DATA)/test_gt.csv"
-	$(PY) faster-pytorch-fid/fid_score_gpu.py --device cpu --predicted-path $(RESULTS)/test_results \
+	$(PY) faster-pytorch-fid/fid_score_gpu.py --predicted-path $(RESULTS)/test_results \
 	  --gtcsv-path $(DATA)/test_gt.csv --json-out $(RESULTS)/results.json
 	@echo "==> demo: done. Inpainted images: $(RESULTS)/test_results/"
 	@echo "    gallery (input | steps | result | ground truth): $(RESULTS)/gallery.png"

@@ -1,0 +1,88 @@
+"""The shipped checkpoints: present, small, hash-verified, loadable by the defaults, and usable end to end."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+import inpainting
+from models.maskgit import MaskGit
+from models.vqgan import load_vqgan
+from prepare_dataset import make_mask
+from utils import MASK_FILL, load_checkpoint, load_config, sha256_file
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ROOT / 'configs' / 'MaskGit_small.yml'
+
+
+def shipped():
+    cfg = load_config(SMALL)
+    vq = cfg['model_param']['VQ_Configs']
+    return ROOT / vq['VQ_config_path'], ROOT / vq['VQ_CKPT_path'], ROOT / cfg['checkpoint']['path']
+
+
+def test_shipped_files_are_small_and_hashes_match():
+    _, vq_ckpt, tr_ckpt = shipped()
+    assert sum(p.stat().st_size for p in (vq_ckpt, tr_ckpt)) <= 40 * 2**20
+    for p in (vq_ckpt, tr_ckpt):
+        digest, name = Path(f'{p}.sha256').read_text().split()
+        assert name == p.name and digest == sha256_file(p)
+        sd = load_checkpoint(str(p))  # verifies the sidecar too
+        assert all(v.dtype in (torch.float16, torch.float32) for v in sd.values() if v.is_floating_point())
+
+
+def test_shipped_checkpoints_load_into_the_default_configs(monkeypatch):
+    monkeypatch.chdir(ROOT)  # the configs' paths are relative to the repo root
+    vq_cfg, vq_ckpt, tr_ckpt = shipped()
+    vqgan = load_vqgan(str(vq_cfg))  # default: the config's checkpoint: path
+    model = MaskGit(load_config(SMALL)['model_param'], vqgan)
+    model.transformer.load_state_dict(load_checkpoint(str(tr_ckpt)), strict=True)
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        tokens = vqgan.encode_indices(x)
+        logits = model.transformer(tokens)
+    assert tokens.shape == (2, 256) and logits.shape == (2, 256, model.num_codebook_vectors + 1)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.fixture(scope='module')
+def four_images(tmp_path_factory):
+    """Four masked 64x64 test images in the course layout (drawn shapes, prepare_dataset's masks)."""
+    d = tmp_path_factory.mktemp('four')
+    (d / 'masked_image').mkdir()
+    (d / 'mask64').mkdir()
+    (d / 'test').mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        img = Image.new('RGB', (64, 64), 'white')
+        draw = ImageDraw.Draw(img)
+        for _ in range(3):
+            x, y = rng.integers(0, 40, 2)
+            draw.ellipse([x, y, x + rng.integers(10, 24), y + rng.integers(10, 24)],
+                         fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+        img.save(d / 'test' / f'image_{i:03d}.png')
+        mask = make_mask(64, np.random.default_rng([0, i]), 0.1, 0.5)
+        mask.save(d / 'mask64' / f'mask_{i:03d}.png')
+        a = np.asarray(img).copy()
+        a[np.asarray(mask) == 0] = MASK_FILL
+        Image.fromarray(a).save(d / 'masked_image' / f'image_{i:03d}.png')
+    return d
+
+
+def test_inpainting_smoke_run_with_shipped_checkpoints(four_images, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    d = four_images
+    assert inpainting.main(['--device', 'cpu', '--MaskGitConfig', str(SMALL), '--total-iter', '4',
+                            '--test-maskedimage-path', str(d / 'masked_image'), '--test-mask-path', str(d / 'mask64'),
+                            '--paste-known', '--gallery', '2', '--gt-path', str(d / 'test'),
+                            '--output-dir', str(tmp_path)]) == 0
+    for i in range(4):
+        out = np.asarray(Image.open(tmp_path / 'test_results' / f'image_{i:03d}.png')).astype(int)
+        assert out.shape == (64, 64, 3)
+        keep = np.asarray(Image.open(d / 'mask64' / f'mask_{i:03d}.png')) == 255
+        gt = np.asarray(Image.open(d / 'test' / f'image_{i:03d}.png')).astype(int)
+        assert np.abs(out[keep] - gt[keep]).max() <= 1  # --paste-known keeps the known pixels
+        assert (tmp_path / 'mask_scheduling' / f'test_{i}.png').is_file()
+        assert (tmp_path / 'imga' / f'test_{i}.png').is_file()
+    assert (tmp_path / 'gallery.png').is_file() and (tmp_path / 'schedules.png').is_file()
