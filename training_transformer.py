@@ -361,6 +361,7 @@ def main(argv=None):
             save_state()
             write_log(st['rows'], out_dir)
     if world > 1:
+        dist.barrier()  # rank 0 may still be writing; tearing gloo down under it aborts the process
         dist.destroy_process_group()
     return st
 

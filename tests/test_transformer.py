@@ -187,6 +187,7 @@ def _ddp_worker(rank, world, port, tokens, s, out):
     grads, _ = _grads(world, rank, tokens, s)
     if rank == 0:
         torch.save(grads, out)
+    dist.barrier()  # neither rank tears gloo down while the other still uses it (else: SIGABRT at exit)
     dist.destroy_process_group()
 
 
