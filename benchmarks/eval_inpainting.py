@@ -46,7 +46,7 @@ def write(images, ids, folder):
 
 
 @torch.no_grad()
-def baseline(name, model, data, loader, gt_root, mean, std, device, folder):
+def baseline(name, model, loader, gt_root, mean, std, device, folder):
     """Images of a baseline run, written to `folder`."""
     for imgs, masks, ids in loader:
         imgs, masks = imgs.to(device), masks.to(device)
@@ -109,20 +109,22 @@ def main():
     if a.partial < 1:  # the ground truth of the same subset
         gt_src = os.path.join(a.out, 'gt_subset')
         for i in data.indices:
-            os.makedirs(gt_src, exist_ok=True)
             atomic_save_image(load_rgb(os.path.join(a.data, 'test', f'image_{i:03d}.png')),
                               os.path.join(gt_src, f'image_{i:03d}.png'))
     else:
         gt_src = os.path.join(a.data, 'test_gt.csv')
     results_path = os.path.join(a.out, 'fid.json')
-    results = json.load(open(results_path)) if os.path.isfile(results_path) else {}
+    results = {}
+    if os.path.isfile(results_path):  # runs of an earlier call are kept (and --only can add to them)
+        with open(results_path) as f:
+            results = json.load(f)
     todo = [(n, f) for n, f in runs(a) if a.only is None or n in a.only]
     for name, flags in tqdm(todo, desc='runs'):
         folder = os.path.join(a.out, name)
         scored = [(name, folder, flags and flags + ['--paste-known'])]
         t0 = time.time()
         if flags is None:
-            baseline(name, model, data, loader, os.path.join(a.data, 'test'), mean, std, device, folder)
+            baseline(name, model, loader, os.path.join(a.data, 'test'), mean, std, device, folder)
         else:
             nopaste = folder + '_nopaste' if name == f'cosine_T{a.t}' else None
             decode_run(flags, base, model, loader, mean, std, device, folder, nopaste)
