@@ -32,8 +32,8 @@ from tqdm import tqdm
 from models.maskgit import MaskGit, masked_accuracy, mvtm_loss, transformer_state_dict
 from models.token_cache import load_tokens
 from models.vqgan import load_vqgan
-from utils import (atomic_save, export_state_dict, load_checkpoint, load_config, load_state_dict_checked,
-                   plot_curves, resolve_device, seed_everything)
+from utils import (atomic_open, atomic_save, export_state_dict, load_checkpoint, load_config,
+                   load_state_dict_checked, plot_curves, resolve_device, seed_everything)
 
 TRAIN_DEFAULTS = dict(epochs=100, batch_size=10, accum_grad=10, learning_rate=1e-4, warmup_steps=500,
                       grad_clip=1.0, weight_decay=0.045, betas=(0.9, 0.96), label_smoothing=0.1,
@@ -196,12 +196,10 @@ def read_log(out_dir, upto):
 
 
 def write_log(rows, out_dir):
-    tmp = os.path.join(out_dir, f'.log.csv.tmp{os.getpid()}')
-    with open(tmp, 'w', newline='') as f:
+    with atomic_open(os.path.join(out_dir, 'log.csv'), newline='') as f:
         wr = csv.DictWriter(f, LOG_FIELDS)
         wr.writeheader()
         wr.writerows(rows)
-    os.replace(tmp, os.path.join(out_dir, 'log.csv'))
     ep = [r['epoch'] for r in rows]
     plot_curves({'train loss': (ep, [r['train_loss'] for r in rows]),
                  'val loss': (ep, [r['val_loss'] for r in rows])},

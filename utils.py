@@ -2,6 +2,7 @@
 
 Everything here is used by more than one script; scripts stay thin CLIs over `models/` and this.
 """
+import contextlib
 import hashlib
 import math
 import os
@@ -47,33 +48,32 @@ def data_stats(cfg, split='train'):
     return tuple(data.get(f'{split}_mean', default_mean)), tuple(data.get(f'{split}_std', default_std))
 
 
-def _tmp_name(path):
+@contextlib.contextmanager
+def atomic_open(path, mode='w', **kwargs):
+    """open() on a temporary name in the same folder, renamed to `path` only when the block succeeds:
+    a crash never leaves a torn file (folders are made as needed)."""
     d, base = os.path.split(os.path.abspath(path))
-    return os.path.join(d, f'.{base}.tmp{os.getpid()}')
-
-
-def atomic_save(obj, path):
-    """torch.save to a temporary name in the same folder, then rename: a crash never leaves a torn file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = _tmp_name(path)
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, f'.{base}.tmp{os.getpid()}')
     try:
-        torch.save(obj, tmp)
+        with open(tmp, mode, **kwargs) as f:
+            yield f
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def atomic_save(obj, path):
+    """torch.save, atomically."""
+    with atomic_open(path, 'wb') as f:
+        torch.save(obj, f)
 
 
 def atomic_save_image(img, path):
     """Save a PIL image (format from the extension of `path`) atomically."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
-        img.save(tmp, format=Image.registered_extensions()[os.path.splitext(path)[1].lower()])
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_open(path, 'wb') as f:
+        img.save(f, format=Image.registered_extensions()[os.path.splitext(path)[1].lower()])
 
 
 def sha256_file(path, chunk=1 << 20):
@@ -110,10 +110,8 @@ def export_state_dict(state_dict, path, dtype=torch.float16):
     (sha256sum's format) that load_checkpoint verifies."""
     sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
     atomic_save(sd, path)
-    tmp = _tmp_name(f"{path}.sha256")
-    with open(tmp, 'w') as f:
+    with atomic_open(f"{path}.sha256") as f:
         f.write(f"{sha256_file(path)}  {os.path.basename(path)}\n")
-    os.replace(tmp, f"{path}.sha256")
     return sd
 
 
@@ -341,15 +339,9 @@ def write_gt_csv(images, path):
     """uint8 [N, H, W, 3] -> the course's CSV: a header row, then one row of H*W*3 values (HWC) per image."""
     images = np.asarray(images, dtype=np.uint8)
     flat = images.reshape(len(images), -1)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, 'w') as f:
-            f.write(','.join(str(i) for i in range(flat.shape[1])) + '\n')
-            np.savetxt(f, flat, fmt='%d', delimiter=',')
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_open(path) as f:
+        f.write(','.join(str(i) for i in range(flat.shape[1])) + '\n')
+        np.savetxt(f, flat, fmt='%d', delimiter=',')
 
 
 def read_gt_csv(path):

@@ -24,8 +24,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.join(ROOT, 'faster-pytorch-fid'), ROOT]
 import inpainting  # noqa: E402
 from fid_score_gpu import compute_fid  # noqa: E402
-from utils import (PairedTestDataset, atomic_save_image, data_stats, denormalize, load_rgb, normalize,  # noqa: E402
-                   pil_to_tensor01, plot_curves, resolve_device, tensor01_to_pil)
+from utils import (PairedTestDataset, atomic_open, atomic_save_image, data_stats, denormalize,  # noqa: E402
+                   load_rgb, normalize, pil_to_tensor01, plot_curves, resolve_device, tensor01_to_pil)
 
 
 def runs(args):
@@ -139,9 +139,8 @@ def main():
             results[run_name] = dict(fid=fid, flags=' '.join(run_flags) if run_flags else None,
                                      decode_seconds=round(seconds, 1), images=len(data))
             tqdm.write(f"{run_name}: FID {fid:.2f} ({seconds:.0f} s to decode {len(data)} images)")
-        with open(results_path + '.tmp', 'w') as f:
+        with atomic_open(results_path) as f:
             json.dump(results, f, indent=1)
-        os.replace(results_path + '.tmp', results_path)
     report(results, a)
 
 
@@ -149,7 +148,7 @@ def report(results, a):
     rows = ['| run | inpainting.py flags | FID | decode s |', '|---|---|---|---|']
     results = dict(sorted(results.items()))
     rows += [f"| {n} | {r['flags'] or '(baseline)'} | {r['fid']:.2f} | {r['decode_seconds']} |" for n, r in results.items()]
-    with open(os.path.join(a.out, 'fid_table.md'), 'w') as f:
+    with atomic_open(os.path.join(a.out, 'fid_table.md')) as f:
         f.write('\n'.join(rows) + '\n')
     print('\n'.join(rows))
     t_pts = sorted((int(n.split('_T')[1]), r['fid']) for n, r in results.items()

@@ -26,7 +26,7 @@ from tqdm import tqdm
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]  # inception_weights, and utils from the repo root
 from inception_weights import build_inception  # noqa: E402
-from utils import list_images, load_rgb, read_gt_csv, resolve_device  # noqa: E402
+from utils import atomic_open, list_images, load_rgb, read_gt_csv, resolve_device  # noqa: E402
 
 DIMS = (64, 192, 768, 2048)
 
@@ -123,16 +123,9 @@ def load_stats(path, dims=None):
 
 
 def save_stats(path, mu, sigma):
-    """pytorch-fid's format (np.savez_compressed with mu, sigma), written to a temp name then renamed."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, 'wb') as f:
-            np.savez_compressed(f, mu=mu, sigma=sigma)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """pytorch-fid's format (np.savez_compressed with mu, sigma), written atomically."""
+    with atomic_open(path, 'wb') as f:
+        np.savez_compressed(f, mu=mu, sigma=sigma)
 
 
 def statistics_of(source, model_fn, batch_size=50, num_workers=0, device='cpu', dims=2048):
@@ -247,11 +240,8 @@ def main(argv=None):
         # errors raised in a DataLoader worker carry the worker's traceback: its last line is the message
         sys.exit(f"error: {str(e).strip().splitlines()[-1]}")
     if args.json_out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
-        tmp = f"{args.json_out}.tmp{os.getpid()}"
-        with open(tmp, 'w') as f:
+        with atomic_open(args.json_out) as f:
             json.dump({'fid': fid, 'predicted': args.predicted_path, 'ground_truth': gt, 'dims': args.dims}, f, indent=2)
-        os.replace(tmp, args.json_out)
     print('FID: ', fid)
 
 

@@ -265,6 +265,17 @@ def test_resume_equals_uninterrupted(lab, tmp_path, monkeypatch):
     assert set(os.listdir(tmp_path / 'a')) >= {'last_ckpt.pt', 'transformer_epoch_1.pt', 'transformer_epoch_2.pt'}
 
 
+def test_export_writes_fp16_state_dict_with_verified_hash(tmp_path):
+    sd = MaskGit(tiny_mp()).transformer.state_dict()
+    torch.save(dict(transformer=sd, epoch=2), tmp_path / 'train_state.pt')  # train_state.pt's layout
+    out = tmp_path / 'ship' / 'tr.pt'
+    tt.main(['--export', str(tmp_path / 'train_state.pt'), '--out', str(out)])
+    exported = load_checkpoint(out)  # verifies out.sha256
+    assert exported.keys() == sd.keys()
+    assert all(v.dtype == torch.float16 and torch.allclose(v.float(), sd[k], atol=1e-3) for k, v in exported.items())
+    assert (tmp_path / 'ship' / 'tr.pt.sha256').read_text().split() == [sha256_file(out), 'tr.pt']
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(lab, tmp_path, monkeypatch):
     real, calls = tt.mvtm_loss, []
 
