@@ -70,7 +70,8 @@ def parse_args(argv=None):
     p.add_argument('--config-vqgan', default=None, help='VQGAN config (default: the MaskGit config\'s VQ_config_path)')
     p.add_argument('--vqgan-ckpt', default=None, help='VQGAN checkpoint (default: the MaskGit config\'s VQ_CKPT_path)')
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--amp', choices=('bf16', 'fp16', 'off'), default='bf16', help='mixed precision on CUDA')
+    p.add_argument('--amp', choices=('auto', 'bf16', 'fp16', 'off'), default='auto',
+                   help='autocast dtype (auto: bf16 on CUDA, off on CPU; bf16 also runs on CPUs with bf16 units)')
     p.add_argument('--compile', action='store_true', help='torch.compile the model')
     p.add_argument('--warmup-steps', type=int, default=None, help='linear warmup steps before cosine decay')
     p.add_argument('--grad-clip', type=float, default=None, help='max gradient norm (0: off)')
@@ -95,6 +96,17 @@ def train_settings(cfg, args):
         if s[key] < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {s[key]}")
     return s
+
+
+def amp_setup(device, amp):
+    """(autocast factory, GradScaler) for --amp on `device`."""
+    if amp == 'auto':
+        amp = 'bf16' if device.type == 'cuda' else 'off'
+    if amp == 'fp16' and device.type != 'cuda':
+        raise ValueError(f"--amp fp16 needs CUDA (device is {device}); use --amp bf16 or off")
+    dtype = torch.bfloat16 if amp == 'bf16' else torch.float16
+    autocast = functools.partial(torch.autocast, device.type, dtype=dtype) if amp != 'off' else nullcontext
+    return autocast, torch.amp.GradScaler('cuda', enabled=amp == 'fp16')
 
 
 def lr_factor(step, warmup, total):
@@ -250,6 +262,7 @@ def main(argv=None):
                                 f"or pass --vqgan-ckpt)")
 
     world, rank, device = setup_distributed(args.device)
+    autocast, scaler = amp_setup(device, args.amp)
     out_dir = os.path.dirname(os.path.abspath(args.checkpoint_path))
     log = (lambda m: print(m, file=sys.stderr)) if rank == 0 else (lambda m: None)
 
@@ -278,10 +291,6 @@ def main(argv=None):
     seed_everything(args.seed)  # here: whether the cache was just built must not change the initial weights
     raw = MaskGit(mp).to(device)
     opt = make_optimizer(raw, s, device)
-    cuda_amp = device.type == 'cuda' and args.amp != 'off'
-    amp_dtype = torch.bfloat16 if args.amp == 'bf16' else torch.float16
-    autocast = functools.partial(torch.autocast, 'cuda', dtype=amp_dtype) if cuda_amp else nullcontext
-    scaler = torch.amp.GradScaler('cuda', enabled=cuda_amp and args.amp == 'fp16')
     total_steps = s['epochs'] * steps_per_epoch
     state_path = os.path.join(out_dir, 'train_state.pt')
     st = dict(epoch=0, step=0, epoch_loss_sum=0.0, epoch_steps=0, rows=[])

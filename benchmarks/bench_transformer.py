@@ -13,8 +13,6 @@ import os
 import statistics
 import sys
 import time
-from contextlib import nullcontext
-from functools import partial
 
 import torch
 
@@ -39,7 +37,8 @@ def main():
     p.add_argument('--steps', type=int, default=6, help='timed optimizer steps per path, in rounds of 2')
     p.add_argument('--device', default='cpu')
     p.add_argument('--threads', type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument('--amp', choices=('bf16', 'fp16', 'off'), default='bf16', help='autocast dtype on CUDA')
+    p.add_argument('--amp', choices=('auto', 'bf16', 'fp16', 'off'), default='auto',
+                   help='autocast dtype (auto: bf16 on CUDA, off on CPU)')
     p.add_argument('--peak-tflops', type=float, default=989.0, help='the GPU\'s dense bf16 peak (H100 SXM: 989)')
     args = p.parse_args()
     if args.threads:
@@ -59,8 +58,7 @@ def main():
     order = torch.arange(b)
     cuda = device.type == 'cuda'
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    autocast = partial(torch.autocast, 'cuda', dtype=torch.bfloat16 if args.amp == 'bf16' else torch.float16) \
-        if cuda and args.amp != 'off' else nullcontext
+    autocast, _ = tt.amp_setup(device, args.amp)
 
     def step(i, encode):
         tokens = vqgan.encode_indices(images).cpu() if encode else cached

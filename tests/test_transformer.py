@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -164,6 +165,31 @@ def test_short_run_overfits_tiny_token_set():
     assert before > 2.5 and after < 0.5 * before and acc > 0.45, (before, after, acc)
 
 
+def test_bf16_autocast_on_cpu_trains():
+    """--amp bf16 on CPU really runs the transformer in bf16, and 60 steps still learn (auto stays fp32 on CPU)."""
+    cpu = torch.device('cpu')
+    assert tt.amp_setup(cpu, 'auto')[0] is nullcontext
+    autocast, scaler = tt.amp_setup(cpu, 'bf16')
+    torch.manual_seed(0)
+    raw = MaskGit(tiny_mp())
+    tokens = torch.randint(0, K, (2, N))
+    seen = []
+    linear = next(m for m in raw.modules() if isinstance(m, torch.nn.Linear))
+    linear.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    with autocast():
+        raw(tokens)
+    assert seen == [torch.bfloat16]
+    s = dict(SETTINGS, batch_size=2, accum_grad=1, learning_rate=3e-3)
+    opt = tt.make_optimizer(raw, s, cpu)
+    before = tt.evaluate(raw, tokens.repeat(32, 1), s, 0, 1, 0, cpu, autocast)[0]
+    for step in range(60):
+        tt.accumulate_grads(raw, raw, tokens, torch.arange(2), 0, step, s, 0, 1, 0, cpu, autocast, scaler)
+        opt.step()
+        opt.zero_grad()
+    after = tt.evaluate(raw, tokens.repeat(32, 1), s, 0, 1, 0, cpu, autocast)[0]
+    assert torch.isfinite(torch.tensor(after)) and after < 0.7 * before, (before, after)
+
+
 # ----------------------------------------------------------------------------- DDP
 
 def _free_port():
@@ -308,6 +334,8 @@ def test_bad_inputs_give_clear_errors(lab, tmp_path):
         tt.main(run_args(lab, tmp_path, '--train_d_path', str(lab / 'empty')))
     with pytest.raises(ValueError, match='64 samples per optimizer step, but .* gives only 24'):
         tt.main(run_args(lab, tmp_path, '--batch-size', '32', '--accum-grad', '2'))
+    with pytest.raises(ValueError, match='--amp fp16 needs CUDA'):
+        tt.main(run_args(lab, tmp_path, '--amp', 'fp16'))
     # from the command line: one line on stderr, non-zero exit
     p = subprocess.run([sys.executable, str(ROOT / 'training_transformer.py'),
                         *run_args(lab, tmp_path, '--vqgan-ckpt', str(tmp_path / 'missing.pt'))],
