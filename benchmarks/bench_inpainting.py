@@ -156,8 +156,8 @@ def main():
             fn()
             times.append(time.perf_counter() - t0)
     ips_ref, ips_bat = n_ref / min(t_ref), n_bat / min(t_bat)
-    print(f"config {args.config}, T={args.total_iter}, device {device}, batched amp {'bf16' if args.amp else 'off'}, torch threads {torch.get_num_threads()}, "
-          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    print(f"config {args.config}, T={args.total_iter}, device {device}, batched amp {'bf16' if args.amp else 'off'}, "
+          f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     print(f"reference (batch 1):  {ips_ref:8.3f} images/s  ({n_ref} images, best of {args.repeats}: {min(t_ref):.2f} s), "
           f"peak memory {peak['reference'] / 2**20:7.1f} MiB per image")
     print(f"batched (batch {n_bat}): {ips_bat:8.3f} images/s  ({n_bat} images, best of {args.repeats}: {min(t_bat):.2f} s), "
