@@ -5,10 +5,13 @@ transformer pass, sampling, Gumbel noise, sort, mask update), with the same coun
 so it must produce the same tokens; the agreement is printed. Same model, same machine, same run.
 Random weights (timing does not depend on them). Timing interleaves the two decoders in one process;
 peak memory is measured for each in a fresh subprocess (CPU: ru_maxrss over the RSS before decoding;
-GPU: max_memory_allocated over the memory allocated before).
+GPU: max_memory_allocated over the memory allocated before). Model FLOPs utilisation counts T forward
+passes over all N tokens per image, against the datasheet peak on an H100/H200, else a matmul in the
+same dtype measured in the same run (or --peak-tflops).
 
   python benchmarks/bench_inpainting.py --config configs/MaskGit_small.yml --batch-size 64 --ref-images 8
   python benchmarks/bench_inpainting.py --amp     # the batched decoder in bf16 (inpainting.py --amp)
+  python benchmarks/bench_inpainting.py --config configs/MaskGit.yml --amp --device cuda   # course config
 """
 import argparse
 import json
@@ -25,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from models.decoding import _GUMBEL, _SAMPLE, decode, image_seeds, uniforms  # noqa: E402
 from models.maskgit import gamma_func  # noqa: E402
 from models.transformer import BidirectionalTransformer  # noqa: E402
-from utils import load_config, resolve_device  # noqa: E402
+from utils import load_config, peak_tflops, resolve_device  # noqa: E402
 
 
 @torch.no_grad()
@@ -77,7 +80,8 @@ def rss_bytes():
 
 
 def setup(args, mode):
-    """(decoder closure, number of images, device) for `mode`: the model and inputs both decoders share."""
+    """(decoder closure, number of images, device, forward FLOPs per image) for `mode`: the model and
+    inputs both decoders share."""
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -106,12 +110,12 @@ def setup(args, mode):
         out = run()
         sync()
         return out
-    return fn, n, device
+    return fn, n, device, args.total_iter * N * model.flops_per_token()
 
 
 def memory_worker(args):
     """Peak extra memory of one run of decoder args.mode, on a fresh process (printed as JSON)."""
-    fn, n, device = setup(args, args.mode)
+    fn, n, device, _ = setup(args, args.mode)
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -134,6 +138,8 @@ def main():
     p.add_argument('--threads', type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--amp', action='store_true', help="batched decoder under bf16 autocast (the reference stays fp32)")
+    p.add_argument('--peak-tflops', type=float, default=None,
+                   help="the device's dense peak for the MFU line (default: datasheet on H100/H200, else measured)")
     p.add_argument('--mode', choices=['batched', 'reference'], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.mode:
@@ -146,7 +152,7 @@ def main():
             sys.exit(f"error: {mode} memory worker failed:\n{proc.stderr[-2000:]}")
         peak[mode] = json.loads(proc.stdout.strip().splitlines()[-1])['peak']
     torch.set_grad_enabled(False)
-    (ref, n_ref, device), (bat, n_bat, _) = setup(args, 'reference'), setup(args, 'batched')
+    (ref, n_ref, device, flops), (bat, n_bat, _, _) = setup(args, 'reference'), setup(args, 'batched')
     out_ref, out_bat = ref(), bat()  # warm-up, and the agreement check
     agree = sum(torch.equal(a, b) for a, b in zip(out_ref, out_bat[:n_ref]))
     t_ref, t_bat = [], []
@@ -164,6 +170,12 @@ def main():
           f"peak memory {peak['batched'] / n_bat / 2**20:7.1f} MiB per image ({peak['batched'] / 2**20:.1f} MiB in all)")
     print(f"speed-up {ips_bat / ips_ref:.2f}x; tokens identical for {agree}/{n_ref} images decoded by both"
           + (" (bf16 logits: not expected to match)" if args.amp else ""))
+    runs = (('reference', ips_ref, torch.float32), ('batched', ips_bat, torch.bfloat16 if args.amp else torch.float32))
+    peaks = {dtype: peak_tflops(device, dtype, args.peak_tflops) for dtype in {dtype for *_, dtype in runs}}
+    for name, ips, dtype in runs:
+        peak, source = peaks[dtype]
+        print(f"model FLOPs utilisation, {name} ({str(dtype)[6:]}, {flops / 1e9:.1f} GFLOP per image): "
+              f"{ips * flops / 1e12:.3f} TFLOP/s = {100 * ips * flops / 1e12 / peak:.1f}% of {peak:.3g} ({source})")
 
 
 if __name__ == '__main__':

@@ -4,7 +4,8 @@ Both paths run the training script's own step (training_transformer.accumulate_g
 same model in the same process; the re-encoding path first runs the frozen VQGAN on the batch's
 images, as a training loop without the token cache would. The two are timed in alternating rounds
 (median per step) so that load from other processes hits both alike. Random weights and images
-(timing does not depend on them). On CUDA it also prints model FLOPs utilisation against --peak-tflops.
+(timing does not depend on them). It also prints model FLOPs utilisation: against the datasheet
+peak on an H100/H200, against a matmul measured in the same run on a CPU, or against --peak-tflops.
 
   python benchmarks/bench_transformer.py --config configs/MaskGit_small.yml --batch-size 32 --steps 6
 """
@@ -20,14 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import training_transformer as tt  # noqa: E402
 from models.maskgit import MaskGit  # noqa: E402
 from models.vqgan import VQGAN  # noqa: E402
-from utils import load_config, resolve_device  # noqa: E402
-
-
-def train_flops_per_token(tp):
-    """Matmul FLOPs of one training step per token (forward x 3: backward costs twice the forward)."""
-    d, h, n_layers, n = tp['dim'], tp['hidden_dim'], tp['n_layers'], tp['num_image_tokens']
-    fwd = 2 * (n_layers * (4 * d * d + 2 * d * h) + d * d + d * (tp['num_codebook_vectors'] + 1)) + n_layers * 4 * n * d
-    return 3 * fwd
+from utils import load_config, peak_tflops, resolve_device  # noqa: E402
 
 
 def main():
@@ -39,7 +33,8 @@ def main():
     p.add_argument('--threads', type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument('--amp', choices=('auto', 'bf16', 'fp16', 'off'), default='auto',
                    help='autocast dtype (auto: bf16 on CUDA, off on CPU)')
-    p.add_argument('--peak-tflops', type=float, default=989.0, help='the GPU\'s dense bf16 peak (H100 SXM: 989)')
+    p.add_argument('--peak-tflops', type=float, default=None,
+                   help='the device\'s dense peak for the MFU line (default: datasheet on H100/H200, else measured)')
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -86,10 +81,12 @@ def main():
         print(f"{name}: {t * 1000:8.1f} ms/step  {b * n_tok / t:10.0f} tokens/s  {b / t:8.1f} images/s  "
               f"(median of {len(times[encode])} steps)")
     print(f"cached / re-encode throughput: {med[True] / med[False]:.2f}x")
-    if cuda:
-        tflops = b * n_tok * train_flops_per_token(mp['Transformer_param']) / med[False] / 1e12
-        print(f"model FLOPs utilisation (cached, amp {args.amp}): {tflops:.1f} TFLOP/s = "
-              f"{100 * tflops / args.peak_tflops:.1f}% of {args.peak_tflops:g}")
+    with autocast():  # the dtype the matmuls ran in
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else torch.float32
+    peak, source = peak_tflops(device, dtype, args.peak_tflops)
+    tflops = b * n_tok * 3 * raw.transformer.flops_per_token() / med[False] / 1e12
+    print(f"model FLOPs utilisation (cached, {str(dtype)[6:]}): {tflops:.3f} TFLOP/s = "
+          f"{100 * tflops / peak:.1f}% of {peak:.3g} TFLOP/s ({source})")
 
 
 if __name__ == '__main__':

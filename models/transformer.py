@@ -90,6 +90,15 @@ class BidirectionalTransformer(nn.Module):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
+    def flops_per_token(self, n=None):
+        """Matmul FLOPs of one forward pass per token over a sequence of n tokens (default N); a
+        training step costs 3x this (the backward pass is twice the forward)."""
+        n = n or self.num_image_tokens
+        d, k = self.tok_emb.embedding_dim, self.num_codebook_vectors
+        h = self.blocks[0].MLP[0].out_features
+        per_layer = 2 * (4 * d * d + 2 * d * h) + 4 * n * d  # QKV + out, MLP; QK^T and AV over n keys
+        return len(self.blocks) * per_layer + 2 * (d * d + d * (k + 1))  # + Token_Prediction, tied head
+
     def set_explicit_attention(self, explicit):
         for blk in self.blocks:
             blk.MultiHeadAttention.explicit = explicit

@@ -23,7 +23,7 @@ from models.maskgit import MaskGit, gamma_func, mvtm_loss  # noqa: E402
 from models.token_cache import cache_path, load_tokens  # noqa: E402
 from models.transformer import BidirectionalTransformer, MultiHeadAttention  # noqa: E402
 from models.vqgan import VQGAN, load_vqgan  # noqa: E402
-from utils import ImageDataset, data_stats, load_checkpoint, sha256_file  # noqa: E402
+from utils import ImageDataset, data_stats, load_checkpoint, peak_tflops, sha256_file  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -87,6 +87,25 @@ def test_attention_sdpa_equals_explicit_softmax():
     torch.testing.assert_close(a, tr(z), atol=1e-5, rtol=1e-5)
     assert a.shape == (2, N, K + 1)
     assert not any(isinstance(m, torch.nn.MultiheadAttention) for m in tr.modules())
+
+
+@pytest.mark.parametrize('n', [N, 9])
+def test_flops_per_token_equals_counted_matmuls(n):
+    # the MFU figures of the benchmarks divide by this count: it must equal what the forward pass runs
+    from torch.utils.flop_counter import FlopCounterMode
+    tr = BidirectionalTransformer(dict(tiny_mp()['Transformer_param'], hidden_dim=48)).eval()
+    tr.set_explicit_attention(True)  # FlopCounterMode does not count the CPU SDPA kernel
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        tr(torch.randint(0, K + 1, (3, n)))
+    assert counter.get_total_flops() == 3 * n * tr.flops_per_token(n)
+
+
+def test_peak_tflops_given_or_measured():
+    cpu = torch.device('cpu')
+    assert peak_tflops(cpu, torch.float32, given=12.5) == (12.5, 'given')
+    tflops, source = peak_tflops(cpu, torch.float32, size=256)
+    assert 0 < tflops < 100 and source == 'measured float32 256^3 matmul'
 
 
 def test_course_config_keys_match_manifest(course_manifest):
