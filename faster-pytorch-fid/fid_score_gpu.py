@@ -34,7 +34,11 @@ DIMS = (64, 192, 768, 2048)
 # ----------------------------------------------------------------------------- model
 
 def fast_inception(dims=2048, device='cpu', weights=None):
-    """pytorch-fid's InceptionV3 with each conv+BN folded into one conv, channels_last, on `device`."""
+    """pytorch-fid's InceptionV3 with each conv+BN folded into one conv, channels_last, on `device`
+    (on CUDA, TF32 is switched off for the process: features must stay fp32-exact)."""
+    if torch.device(device).type == 'cuda':
+        torch.backends.cudnn.allow_tf32 = False  # TF32 convolutions would move features by ~1e-3
+        torch.backends.cuda.matmul.allow_tf32 = False
     model = build_inception(dims, weights)
     for m in model.modules():
         if isinstance(getattr(m, 'bn', None), torch.nn.BatchNorm2d):  # torchvision's BasicConv2d
@@ -202,9 +206,6 @@ def compute_fid(predicted, gt, batch_size=50, num_workers=None, device=None, dim
         raise ValueError(f"--save-stats: the ground truth {gt} is already statistics")
     device = resolve_device(device)
     num_workers = default_workers() if num_workers is None else num_workers
-    if device.type == 'cuda':
-        torch.backends.cudnn.allow_tf32 = False  # TF32 convolutions would move features by ~1e-3
-        torch.backends.cuda.matmul.allow_tf32 = False
     model = []
 
     def model_fn():  # built once, and only if some side is not already statistics
