@@ -150,7 +150,7 @@ def resolve_device(name=None):
     return dev
 
 
-# dense TFLOP/s (16-bit, fp32 without TF32) of GPUs we have run on; SXM figures, which H200 shares
+# dense TFLOP/s (16-bit, fp32 without TF32) of the GPUs the device tool lends (SXM figures; H200 = H100)
 DATASHEET_TFLOPS = {'H100': (989.0, 67.0), 'H200': (989.0, 67.0)}
 
 
