@@ -150,7 +150,7 @@ def resolve_device(name=None):
     return dev
 
 
-# dense TFLOP/s (16-bit, fp32 without TF32) of the GPUs the device tool lends (SXM figures; H200 = H100)
+# dense TFLOP/s (16-bit, fp32 without TF32) from the SXM datasheets; the H200 has the H100's compute
 DATASHEET_TFLOPS = {'H100': (989.0, 67.0), 'H200': (989.0, 67.0)}
 
 
