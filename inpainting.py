@@ -47,7 +47,9 @@ def parse_args(argv=None):
     p.add_argument('--mask-func', default='cosine', choices=SCHEDULES, help="mask schedule gamma")
     p.add_argument('--output-dir', default='.', help="where test_results/, mask_scheduling/, imga/ go")
     p.add_argument('--seed', type=int, default=0, help="run seed; each image's randomness is (seed, image number)")
-    p.add_argument('--temperature', type=float, default=1.0, help="sampling temperature (0 = argmax)")
+    p.add_argument('--temperature', type=float, default=0.0,
+                   help="token sampling temperature: 0 = argmax (the course's choice, the default), "
+                        "1 = sample from the model (the paper's generation setting)")
     p.add_argument('--vqgan-ckpt', default=None, help="VQGAN checkpoint (default: VQ_CKPT_path of the config)")
     p.add_argument('--amp', action='store_true', help="bfloat16 autocast for the networks")
     p.add_argument('--paste-known', action='store_true', help="composite the input's known pixels over the result")

@@ -6,7 +6,9 @@
 
 OUT/train/image_00000.png, OUT/val/..., OUT/test/image_000.png (ground truth), OUT/mask64/mask_000.png
 (mode L, 0 = hole, 255 = keep), OUT/masked_image/image_000.png (holes RGB 128), OUT/test_gt.csv,
-OUT/labels.json. Everything is built in OUT.tmp and renamed at the end.
+OUT/labels.json, and the same for validation (OUT/val_mask64/, OUT/val_masked_image/, OUT/val_gt.csv;
+masks from the same generator on their own seed stream: every choice is made there, never on test).
+Everything is built in OUT.tmp and renamed at the end.
 """
 import argparse
 import gzip
@@ -20,9 +22,10 @@ import warnings
 from multiprocessing import Pool
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 from tqdm import tqdm
 
+from models.masks import make_mask, mask_rng
 from utils import IMAGE_EXTS, MASK_FILL, write_gt_csv
 
 OPENCLIPART_DIR = '/usr/share/openclipart/png'
@@ -120,52 +123,6 @@ def folder_records(root, size, max_pixels, workers, counts):
                 counts[status] += 1
 
 
-# ----------------------------------------------------------------------------- masks
-
-def make_mask(size, rng, hole_min, hole_max):
-    """Free-form mask, mode L, 0 = hole, 255 = keep, hole fraction in [hole_min, hole_max] (never 0 or 1).
-
-    Holes are a mix of rectangles and brush strokes added until the target fraction is reached; a shape
-    that overshoots `hole_max` is undone and another one tried.
-    """
-    target = rng.uniform(hole_min, hole_max)
-    mask = Image.new('L', (size, size), 255)
-    for _ in range(200):
-        trial = mask.copy()
-        draw = ImageDraw.Draw(trial)
-        if rng.random() < 0.4:  # rectangle
-            w, h = rng.integers(size // 8, size // 2 + 1, size=2)
-            x, y = rng.integers(0, size - w + 1), rng.integers(0, size - h + 1)
-            draw.rectangle([x, y, x + w - 1, y + h - 1], fill=0)
-        else:  # brush stroke: a random walk of thick segments with round joints
-            width = int(rng.integers(max(2, size // 16), size // 6 + 1))
-            x, y = rng.uniform(0, size, size=2)
-            angle = rng.uniform(0, 2 * np.pi)
-            for _ in range(int(rng.integers(2, 7))):
-                angle += rng.uniform(-1.2, 1.2)
-                length = rng.uniform(size / 8, size / 3)
-                nx = float(np.clip(x + length * np.cos(angle), 0, size - 1))
-                ny = float(np.clip(y + length * np.sin(angle), 0, size - 1))
-                draw.line([(x, y), (nx, ny)], fill=0, width=width)
-                r = width / 2
-                draw.ellipse([nx - r, ny - r, nx + r, ny + r], fill=0)
-                x, y = nx, ny
-        frac = hole_fraction(trial)
-        if frac <= hole_max and frac < 1:
-            mask = trial
-            if frac >= target:
-                break
-    if hole_fraction(mask) == 0:  # pathological parameters: fall back to one central square
-        s = max(1, int(size * np.sqrt(max(hole_min, 1 / size ** 2))))
-        ImageDraw.Draw(mask).rectangle([(size - s) // 2, (size - s) // 2, (size - s) // 2 + s - 1,
-                                        (size - s) // 2 + s - 1], fill=0)
-    return mask
-
-
-def hole_fraction(mask):
-    return float((np.asarray(mask) == 0).mean())
-
-
 # ----------------------------------------------------------------------------- splitting and writing
 
 def split_by_hash(hashes, official, test_count, val_frac, seed):
@@ -232,20 +189,25 @@ def build(args):
             name = f'{s}/image_{i:0{width}d}.png'
             save_png(pixels[h], os.path.join(tmp, name))
             label_map[name] = labels[h]
-    gt, fracs = [], []
-    for i, h in enumerate(tqdm(members['test'], desc='write test + masks')):
-        rng = np.random.default_rng([args.seed, i])  # per-image stream: mask i depends on (seed, i) only
-        mask = make_mask(args.image_size, rng, args.hole_min, args.hole_max)
-        hole = np.asarray(mask) == 0
-        masked = pixels[h].copy()
-        masked[hole] = MASK_FILL
-        save_png(pixels[h], os.path.join(tmp, f'test/image_{i:03d}.png'))
-        save_png(mask, os.path.join(tmp, f'mask64/mask_{i:03d}.png'))
-        save_png(masked, os.path.join(tmp, f'masked_image/image_{i:03d}.png'))
-        label_map[f'test/image_{i:03d}.png'] = labels[h]
-        gt.append(pixels[h])
-        fracs.append(hole.mean())
-    write_gt_csv(np.stack(gt), os.path.join(tmp, 'test_gt.csv'))
+    fracs = {}
+    for split, prefix, width in (('test', '', 3), ('val', 'val_', 5)):
+        os.makedirs(os.path.join(tmp, f'{prefix}mask64'), exist_ok=True)
+        os.makedirs(os.path.join(tmp, f'{prefix}masked_image'), exist_ok=True)
+        gt, fracs[split] = [], []
+        for i, h in enumerate(tqdm(members[split], desc=f'write {split} masks')):
+            mask = make_mask(args.image_size, mask_rng(args.seed, split, i), args.hole_min, args.hole_max)
+            hole = np.asarray(mask) == 0
+            masked = pixels[h].copy()
+            masked[hole] = MASK_FILL
+            if split == 'test':
+                save_png(pixels[h], os.path.join(tmp, f'test/image_{i:03d}.png'))
+                label_map[f'test/image_{i:03d}.png'] = labels[h]
+            save_png(mask, os.path.join(tmp, f'{prefix}mask64/mask_{i:0{width}d}.png'))
+            save_png(masked, os.path.join(tmp, f'{prefix}masked_image/image_{i:0{width}d}.png'))
+            gt.append(pixels[h])
+            fracs[split].append(hole.mean())
+        if gt:
+            write_gt_csv(np.stack(gt), os.path.join(tmp, f'{split}_gt.csv'))
     with open(os.path.join(tmp, 'labels.json'), 'w') as f:
         json.dump(label_map, f, indent=0, sort_keys=True)
 
@@ -261,7 +223,7 @@ def build(args):
     classes = sorted({l for l in labels.values() if l is not None})
     return {'out': out, 'train': len(members['train']), 'val': len(members['val']),
             'test': len(members['test']), 'classes': len(classes),
-            'mean_hole_fraction': float(np.mean(fracs)), **counts}
+            'mean_hole_fraction': float(np.mean(fracs['test'])), **counts}
 
 
 def parse_args(argv=None):

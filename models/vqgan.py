@@ -179,18 +179,24 @@ class Codebook(nn.Module):
         """indices [...] -> code vectors [..., D] (normalised when l2_codes)."""
         return F.embedding(indices, self.codes())
 
+    def project(self, z_flat):
+        """Encoder rows [N, D] -> the space codes are looked up in (l2-normalised when l2_codes)."""
+        return F.normalize(z_flat, dim=1) if self.l2_codes else z_flat
+
+    def distances(self, z_flat):
+        """Squared distances [N, K] of projected rows z_flat [N, D] to every code."""
+        e = self.codes()
+        return z_flat.pow(2).sum(1, keepdim=True) - 2 * z_flat @ e.t() + e.pow(2).sum(1)[None]
+
     def forward(self, z):
         if self.training and self.restart_every > 0 and self.calls and self.calls % self.restart_every == 0:
             self.restart_dead_codes()  # here, not after the lookup: the codes must not change before backward
-        with torch.autocast(z.device.type, enabled=False):  # distances in fp32 even under AMP
-            z = z.float()
+        with torch.autocast(z.device.type, enabled=False):  # distances in fp32 (or fp64) even under AMP
+            z = z.to(torch.promote_types(z.dtype, torch.float32))
             b, d, h, w = z.shape
-            z_flat = z.permute(0, 2, 3, 1).reshape(-1, d)  # [B*h*w, D]
-            if self.l2_codes:
-                z_flat = F.normalize(z_flat, dim=1)
+            z_flat = self.project(z.permute(0, 2, 3, 1).reshape(-1, d))  # [B*h*w, D]
             e = self.codes()
-            dist = (z_flat.pow(2).sum(1, keepdim=True) - 2 * z_flat @ e.t() + e.pow(2).sum(1)[None])  # [N, K]
-            indices = dist.argmin(1)  # [B*h*w]
+            indices = self.distances(z_flat).argmin(1)  # [B*h*w]
             z_q = e[indices]  # [B*h*w, D]
             # codebook term pulls codes to encodings, beta-weighted commitment pulls encodings to codes
             q_loss = F.mse_loss(z_q, z_flat.detach()) + self.beta * F.mse_loss(z_flat, z_q.detach())

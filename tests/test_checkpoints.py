@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw
 import inpainting
 from models.maskgit import MaskGit
 from models.vqgan import load_vqgan
-from prepare_dataset import make_mask
+from models.masks import make_mask
 from utils import MASK_FILL, load_checkpoint, load_config, sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import prepare_dataset as pd
+from models import masks
 from utils import (MASK_FILL, TEST_MEAN, TEST_STD, TRAIN_MEAN, TRAIN_STD, ImageDataset, MaskDataset,
                    PairedTestDataset, data_stats, latent_mask, read_gt_csv, write_gt_csv)
 
@@ -152,15 +153,15 @@ def test_oversized_images_skipped_and_unreadable_counted(tmp_path, capsys):
 def test_mask_generator_fraction_and_determinism():
     fracs = []
     for i in range(60):
-        m = pd.make_mask(64, np.random.default_rng([3, i]), 0.1, 0.5)
+        m = masks.make_mask(64, np.random.default_rng([3, i]), 0.1, 0.5)
         assert m.mode == 'L' and m.size == (64, 64)
         a = np.asarray(m)
         assert set(np.unique(a)) == {0, 255}
-        fracs.append(pd.hole_fraction(m))
-        assert np.array_equal(a, np.asarray(pd.make_mask(64, np.random.default_rng([3, i]), 0.1, 0.5)))
+        fracs.append(masks.hole_fraction(m))
+        assert np.array_equal(a, np.asarray(masks.make_mask(64, np.random.default_rng([3, i]), 0.1, 0.5)))
     assert min(fracs) > 0 and max(fracs) <= 0.5
     assert np.mean([f >= 0.1 for f in fracs]) > 0.9  # the target is almost always reached
-    tight = [pd.hole_fraction(pd.make_mask(64, np.random.default_rng(i), 0.3, 0.35)) for i in range(20)]
+    tight = [masks.hole_fraction(masks.make_mask(64, np.random.default_rng(i), 0.3, 0.35)) for i in range(20)]
     assert max(tight) <= 0.35 and np.mean(tight) > 0.25
 
 

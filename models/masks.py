@@ -1,0 +1,73 @@
+"""Hole masks: the free-form pixel masks of the dataset's test/val splits, and the token-level masks
+training draws from them (so the models see holes shaped like the ones they will fill).
+
+Pixel masks are PIL mode L, 0 = hole, 255 = keep (the course's polarity). Token masks are bool
+[..., h*w], True = unknown (the course's rule: a token is unknown when any of its pixels is a hole).
+"""
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from utils import latent_mask
+
+
+def make_mask(size, rng, hole_min, hole_max):
+    """Free-form mask, mode L, 0 = hole, 255 = keep, hole fraction in [hole_min, hole_max] (never 0 or 1).
+
+    Holes are a mix of rectangles and brush strokes added until the target fraction is reached; a shape
+    that overshoots `hole_max` is undone and another one tried.
+    """
+    target = rng.uniform(hole_min, hole_max)
+    mask = Image.new('L', (size, size), 255)
+    for _ in range(200):
+        trial = mask.copy()
+        draw = ImageDraw.Draw(trial)
+        if rng.random() < 0.4:  # rectangle
+            w, h = rng.integers(size // 8, size // 2 + 1, size=2)
+            x, y = rng.integers(0, size - w + 1), rng.integers(0, size - h + 1)
+            draw.rectangle([x, y, x + w - 1, y + h - 1], fill=0)
+        else:  # brush stroke: a random walk of thick segments with round joints
+            width = int(rng.integers(max(2, size // 16), size // 6 + 1))
+            x, y = rng.uniform(0, size, size=2)
+            angle = rng.uniform(0, 2 * np.pi)
+            for _ in range(int(rng.integers(2, 7))):
+                angle += rng.uniform(-1.2, 1.2)
+                length = rng.uniform(size / 8, size / 3)
+                nx = float(np.clip(x + length * np.cos(angle), 0, size - 1))
+                ny = float(np.clip(y + length * np.sin(angle), 0, size - 1))
+                draw.line([(x, y), (nx, ny)], fill=0, width=width)
+                r = width / 2
+                draw.ellipse([nx - r, ny - r, nx + r, ny + r], fill=0)
+                x, y = nx, ny
+        frac = hole_fraction(trial)
+        if frac <= hole_max and frac < 1:
+            mask = trial
+            if frac >= target:
+                break
+    if hole_fraction(mask) == 0:  # pathological parameters: fall back to one central square
+        s = max(1, int(size * np.sqrt(max(hole_min, 1 / size ** 2))))
+        ImageDraw.Draw(mask).rectangle([(size - s) // 2, (size - s) // 2, (size - s) // 2 + s - 1,
+                                        (size - s) // 2 + s - 1], fill=0)
+    return mask
+
+
+def hole_fraction(mask):
+    return float((np.asarray(mask) == 0).mean())
+
+
+def mask_rng(seed, split, i):
+    """The generator of mask i of a split. Test masks depend on (seed, i) only (as they always have);
+    validation and training masks have their own streams, so no split shares a mask sequence."""
+    streams = {'test': [], 'val': [1], 'train': [2]}
+    return np.random.default_rng([seed, *streams[split], i])
+
+
+def pixel_mask_bank(n, size, seed, hole_min=0.1, hole_max=0.5):
+    """n training pixel masks [n, 1, size, size] float, 1 = keep, 0 = hole (the 'train' stream)."""
+    masks = [np.asarray(make_mask(size, mask_rng(seed, 'train', i), hole_min, hole_max)) for i in range(n)]
+    return torch.from_numpy(np.stack(masks)[:, None] > 0).float()
+
+
+def token_mask_bank(n, size, factor, seed, hole_min=0.1, hole_max=0.5):
+    """The same n training masks at token level: bool [n, (size/factor)^2], True = unknown."""
+    return latent_mask(pixel_mask_bank(n, size, seed, hole_min, hole_max), factor).flatten(1)
