@@ -6,24 +6,28 @@ The course's flags keep their meaning. Writes, under --output-dir:
   imga/test_{i}.png               the input, then the image decoded at every step
   schedules.png                   each row a mask schedule on the first images of the first batch:
                                   the mask of the first image at every step, then the results
-  gallery.png                     with --gallery N: input | each step | result | ground truth (--gt-path)
+  gallery.png                     with --gallery N: input | each step | result | OpenCV Telea | ground truth
+Before anything is written, every image and mask is decoded in full and checked (pairs by number without
+ambiguity, sizes, binary masks: a 0/1 mask or a non-mask is refused, a lossy one thresholded at 128 with a
+note, one almost all hole warned about) and --output-dir is checked for writing; errors are one line.
 """
 import argparse
+import math
 import os
 import sys
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from models.baselines import have_opencv, opencv_fill
 from models.decoding import decode, image_seeds, mask_schedule
 from models.maskgit import MaskGit, gamma_func, transformer_state_dict
 from models.vqgan import load_vqgan
-from utils import (PairedTestDataset, atomic_save_image, data_stats, denormalize, latent_mask, load_checkpoint,
-                   load_config, load_rgb, load_state_dict_checked, pil_to_tensor01, resolve_device, save_grid,
-                   tensor01_to_pil)
+from utils import (PairedTestDataset, atomic_save_image, check_writable, data_stats, denormalize, latent_mask,
+                   load_checkpoint, load_config, load_rgb, load_state_dict_checked, pil_to_tensor01, resolve_device,
+                   save_grid, tensor01_to_pil)
 
 SCHEDULES = ('cosine', 'linear', 'square', 'arccos', 'root')
 SUMMARY_IMAGES = 4  # images per row of schedules.png
@@ -54,15 +58,18 @@ def parse_args(argv=None):
     p.add_argument('--amp', action='store_true', help="bfloat16 autocast for the networks")
     p.add_argument('--paste-known', action='store_true', help="composite the input's known pixels over the result")
     p.add_argument('--gallery', type=int, default=0, metavar='N',
-                   help="write gallery.png: the first N images as rows of input | steps | result (| ground truth)")
+                   help="write gallery.png: the first N images as rows of input | steps | result | OpenCV Telea's "
+                        "fill (when opencv-python-headless is installed) | ground truth (with --gt-path)")
     p.add_argument('--gt-path', default=None, help="ground-truth folder (image_{i:03d}.png) for the gallery's last column")
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error("--batch-size must be >= 1")
     if args.total_iter < 1:
         p.error("--total-iter must be >= 1")
-    if args.temperature < 0:
-        p.error("--temperature must be >= 0")
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        p.error(f"--temperature must be a number >= 0, got {args.temperature}")
+    if not 0 < args.partial <= 1:  # also refuses nan
+        p.error(f"--partial must be in (0, 1], got {args.partial}")
     return args
 
 
@@ -83,16 +90,12 @@ def load_maskgit(args, device):
     return model.to(device).eval(), cfg
 
 
-def check_sizes(data, res):
-    """Every image and mask must be res x res (the VQGAN's img_resolution): one line naming the first that is not."""
-    for path in data.images + data.masks:
-        try:
-            with Image.open(path) as img:
-                size = img.size
-        except Exception as e:
-            raise ValueError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
-        if size != (res, res):
-            raise ValueError(f"{path} is {size[0]}x{size[1]} but the VQGAN takes {res}x{res} images (img_resolution)")
+def check_inputs(data, res):
+    """Every image and mask decoded in full, res x res (the VQGAN's img_resolution), masks binary: one line
+    naming the first file that is not, before any output. Notes (thresholding, masks almost all hole) go to
+    stderr, one line each."""
+    for note in data.check((res, res)):
+        print(note, file=sys.stderr)
 
 
 def mask_tiles(masks, latent_res, img_res):
@@ -165,11 +168,13 @@ def gt_file(gt_root, i):
     return os.path.join(gt_root, f'image_{i:03d}.png')
 
 
-def save_gallery(shown, steps, final, ids, gt_root, path, n):
-    """The first n images, one row each: masked input | decoded image per step | result | ground truth."""
+def save_gallery(shown, steps, final, masks, ids, gt_root, path, n):
+    """The first n images, one row each: masked input | decoded image per step | result | OpenCV Telea's fill
+    of the same holes (when OpenCV is installed: what a user would get without a model) | ground truth."""
+    telea = opencv_fill(shown[:n], masks[:n]) if have_opencv() else None
     rows = []
     for b, i in enumerate(ids[:n].tolist()):
-        row = [shown[b:b + 1], steps[:, b], final[b:b + 1]]
+        row = [shown[b:b + 1], steps[:, b], final[b:b + 1]] + ([telea[b:b + 1]] if telea is not None else [])
         if gt_root:
             row.append(pil_to_tensor01(load_rgb(gt_file(gt_root, i)))[None].to(final.device))
         rows.append(torch.cat(row))
@@ -195,15 +200,18 @@ def run(args):
         device = resolve_device(None if args.device == 'auto' else args.device)
     except RuntimeError as e:
         raise ValueError(str(e)) from None
+    check_writable(args.output_dir, '--output-dir', folder=True)
     model, cfg = load_maskgit(args, device)
     mean, std = data_stats(cfg, 'test')
     data = PairedTestDataset(args.test_maskedimage_path, args.test_mask_path, args.partial, mean, std)
-    check_sizes(data, model.vqgan.img_resolution)
+    check_inputs(data, model.vqgan.img_resolution)
     if args.gallery and args.gt_path:  # checked before any output is written
         missing = [gt_file(args.gt_path, i) for i in data.indices[:min(args.gallery, args.batch_size)]
                    if not os.path.isfile(gt_file(args.gt_path, i))]
         if missing:
             raise FileNotFoundError(f"--gt-path: no ground truth {missing[0]} for the gallery")
+        for i in data.indices[:min(args.gallery, args.batch_size)]:
+            load_rgb(gt_file(args.gt_path, i))  # decoded in full now: a broken file is named before any output
     loader = DataLoader(data, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers)
     inp = Inpainter(model, args, mean, std)
     for k, (imgs, masks, ids) in enumerate(tqdm(loader, desc='inpainting', unit='batch')):
@@ -211,8 +219,8 @@ def run(args):
         shown, steps, final = save_results(inp, imgs, masks, ids, inp(imgs, masks, ids, args.mask_func))
         if k == 0:
             if args.gallery:
-                save_gallery(shown, steps, final, ids, args.gt_path, os.path.join(args.output_dir, 'gallery.png'),
-                             args.gallery)
+                save_gallery(shown, steps, final, masks, ids, args.gt_path,
+                             os.path.join(args.output_dir, 'gallery.png'), args.gallery)
             summary = os.path.join(args.output_dir, 'schedules.png')
             counts = save_schedules(inp, imgs, masks, ids, summary)
             tqdm.write(f"masked tokens per step of image {ids[0].item()} -> {summary}\n  " + "\n  ".join(counts))

@@ -69,11 +69,42 @@ def load_source_image(job):
         return 'unreadable', None
 
 
+def _dir_key(path):
+    st = os.stat(path)  # follows symlinks: the real directory
+    return st.st_dev, st.st_ino
+
+
 def list_source_files(root):
-    """Image files under `root` (recursive, symlinks followed), sorted; class = top-level folder."""
-    items = []
+    """Image files under `root` (recursive), sorted; class = top-level folder.
+
+    Symlinked folders are followed, but every real folder is visited once: a folder reached through a
+    symlink that is already under `root` (or already visited) is skipped, so a symlink loop neither repeats
+    images under another class nor multiplies the work, and real folders keep their own class."""
+    real = {_dir_key(root)}
+    for dirpath, dirnames, _ in os.walk(root):  # the real folders under root (links not followed)
+        for d in dirnames:
+            p = os.path.join(dirpath, d)
+            if not os.path.islink(p):
+                real.add(_dir_key(p))
+    seen, items = set(), []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
+        key = _dir_key(dirpath)
+        if key in seen:  # a second way into a folder already listed
+            dirnames[:] = []
+            continue
+        seen.add(key)
+        keep = []
+        for d in sorted(dirnames):
+            p = os.path.join(dirpath, d)
+            if os.path.islink(p):
+                try:
+                    k = _dir_key(p)
+                except OSError:  # broken link
+                    continue
+                if k in real or k in seen:
+                    continue
+            keep.append(d)
+        dirnames[:] = keep
         for name in sorted(filenames):
             if name.lower().endswith(IMAGE_EXTS):
                 path = os.path.join(dirpath, name)
@@ -150,6 +181,14 @@ def save_png(array_or_img, path):
     img.save(path, format='PNG')
 
 
+def _remove(path):
+    """Remove a folder tree, a file or a link, if there."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
 def build(args):
     out = os.path.abspath(args.out)
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)) and not args.overwrite:
@@ -211,12 +250,12 @@ def build(args):
     with open(os.path.join(tmp, 'labels.json'), 'w') as f:
         json.dump(label_map, f, indent=0, sort_keys=True)
 
-    if os.path.exists(out):  # replace only once the new dataset is complete
+    if os.path.lexists(out):  # replace only once the new dataset is complete
         old = out + '.old'
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
         os.replace(out, old)
         os.replace(tmp, out)
-        shutil.rmtree(old)
+        _remove(old)  # a folder, or the file (or link) that --overwrite replaces
     else:
         os.makedirs(os.path.dirname(out), exist_ok=True)
         os.replace(tmp, out)

@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from models.masks import pixel_mask_bank
+from models.masks import fill_holes, normalised_fill, pixel_mask_bank
 from models.vqgan import load_vqgan, model_state_dict
-from utils import (MASK_FILL, ImageDataset, MaskDataset, atomic_open, atomic_save, data_stats, export_state_dict,
-                   latent_mask, load_checkpoint, load_config, load_state_dict_checked, normalize, resolve_device,
+from utils import (ImageDataset, MaskDataset, atomic_open, data_stats, export_state_dict, latent_mask,
+                   load_checkpoint, load_config, load_state_dict_checked, resolve_device, save_checkpoint,
                    seed_everything)
 
 DEFAULTS = dict(epochs=4, batch_size=32, learning_rate=1e-4, clean_frac=0.5, tau=0.02, feature_weight=1.0,
@@ -77,11 +77,6 @@ def features(vqgan, x):
     return vqgan.codebook.project(z.permute(0, 2, 3, 1).flatten(0, 2))
 
 
-def fill_holes(x, keep, fill):
-    """Normalised images [B, 3, H, W], pixel masks [B, 1, H, W] (1 = keep) -> holes set to `fill` [3]."""
-    return x * keep + fill[:, None, None] * (1 - keep)
-
-
 def distill_loss(student, z_t, codes_t, x_in, known, tau, feature_weight):
     """Cross-entropy of the student's code distances against the teacher's codes, plus the features' MSE,
     over known tokens only (known [B*h*w] bool)."""
@@ -120,7 +115,7 @@ def main(argv=None):
     seed_everything(args.seed)
     device = resolve_device(args.device)
     mean, std = data_stats(cfg, 'train')
-    fill = normalize(torch.tensor(MASK_FILL, dtype=torch.float)[:, None, None] / 255, mean, std)[:, 0, 0].to(device)
+    fill = normalised_fill(mean, std, device)
 
     teacher = load_vqgan(args.config, args.vqgan_ckpt, device)
     student = copy.deepcopy(teacher).train()
@@ -201,8 +196,8 @@ def main(argv=None):
         ck = dict(model=student.state_dict(), opt=opt.state_dict(), config=cfg, **st)
         if known_a > st['best']:
             st['best'] = ck['best'] = known_a
-            atomic_save(ck, best)
-        atomic_save(ck, last)
+            save_checkpoint(ck, best)
+        save_checkpoint(ck, last)
         with atomic_open(os.path.join(run_dir, 'log.csv'), newline='') as fh:
             w = csv.DictWriter(fh, LOG_FIELDS)
             w.writeheader()

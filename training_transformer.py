@@ -30,15 +30,18 @@ from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from models.maskgit import MaskGit, masked_accuracy, mvtm_loss, transformer_state_dict
-from models.token_cache import load_tokens
+from models.masks import pixel_mask_bank
+from models.token_cache import load_context_tokens, load_tokens
 from models.vqgan import load_vqgan
-from utils import (atomic_open, atomic_save, export_state_dict, load_checkpoint, load_config,
-                   load_state_dict_checked, plot_curves, resolve_device, seed_everything)
+from utils import (ImageDataset, MaskDataset, atomic_open, data_stats, export_state_dict, latent_mask, load_checkpoint,
+                   load_config, load_state_dict_checked, plot_curves, resolve_device, save_checkpoint, seed_everything)
 
 TRAIN_DEFAULTS = dict(epochs=100, batch_size=10, accum_grad=10, learning_rate=1e-4, warmup_steps=500,
                       grad_clip=1.0, weight_decay=0.045, betas=(0.9, 0.96), label_smoothing=0.1,
-                      masked_only=True, save_per_epoch=5, cache_dir='cache/tokens')
+                      masked_only=True, save_per_epoch=5, cache_dir='cache/tokens', hole_mask_frac=0.0,
+                      mask_bank=4096, context_variants=2)
 _MASK_STREAM, _DROPOUT_STREAM, _VAL_STREAM = 0, 1, 2
+CHECK_SEQUENCES = 64  # val sequences scored before a mid-epoch save
 
 
 class TrainingDiverged(RuntimeError):
@@ -78,6 +81,12 @@ def parse_args(argv=None):
     p.add_argument('--resume', nargs='?', const='auto', default=None,
                    help='continue bit-for-bit from a train_state.pt (default: the one beside --checkpoint-path)')
     p.add_argument('--cache-dir', default=None, help='token cache folder (default: the config\'s train.cache_dir)')
+    p.add_argument('--init-from', default=None, metavar='CKPT',
+                   help='start from these transformer weights (a state_dict or train_state.pt) with a fresh '
+                        'optimizer and schedule, e.g. to fine-tune the shipped model')
+    p.add_argument('--val-mask-path', default=None,
+                   help="fixed hole masks of the val images for val_hole_acc (default: val_mask64 beside "
+                        "--val_d_path, when it exists)")
     p.add_argument('--export', default=None, metavar='CKPT',
                    help='write CKPT (a state_dict or train_state.pt) as a plain fp16 state_dict to --out, and exit')
     p.add_argument('--out', default=None, help='output path of --export (a .sha256 is written beside it)')
@@ -128,29 +137,53 @@ def epoch_order(n, epoch, seed, world, rank):
     return torch.tensor(list(sampler))
 
 
+def draw_masks(g, rows, n_tok, hole_frac, variants):
+    """Mask ratios r [rows], scores [rows, N], which rows are masked inside a hole [rows] bool (a share
+    `hole_frac`; the others like the paper, anywhere) and which cached masked variant each uses [rows]."""
+    r, scores = torch.rand(rows, generator=g), torch.rand(rows, n_tok, generator=g)
+    return r, scores, torch.rand(rows, generator=g) < hole_frac, torch.randint(max(1, variants), (rows,), generator=g)
+
+
+def hole_rows(idx, use, variant, ctx):
+    """(region [B, N] bool, context [B, N] long) for samples idx [B]: rows that `use` a hole take cached
+    variant `variant` (ctx: context tokens [S, V, N], token holes [S, V, N]); the others mask anywhere."""
+    if ctx is None:
+        return None, None
+    context, holes = ctx
+    region = holes[idx, variant] | ~use[:, None]                                               # [B, N]
+    return region, context[idx, variant]
+
+
 def accumulate_grads(model, raw, tokens, order, step_in_epoch, step, s, seed, world, rank, device,
-                     autocast=nullcontext, scaler=None):
+                     autocast=nullcontext, scaler=None, ctx=None):
     """Forward/backward over the micro-batches of one optimizer step; returns their mean loss (this rank).
 
-    Mask ratios and positions are drawn for the whole global micro-batch (world * batch rows) and each
-    rank takes its rows, and each rank's loss is normalised by the global masked count, so the averaged
-    DDP gradient equals one process's gradient on the global batch.
+    Mask ratios, positions and holes are drawn for the whole global micro-batch (world * batch rows) and
+    each rank takes its rows, and each rank's loss is normalised by the global masked count, so the
+    averaged DDP gradient equals one process's gradient on the global batch. ctx: (context tokens, token
+    holes) of the masked variants of each sample (load_context_tokens), or None for the paper's masks only.
     """
     b, a_n, n_tok = s['batch_size'], s['accum_grad'], raw.num_image_tokens
     total = torch.zeros((), device=device)
     for a in range(a_n):
         j = step_in_epoch * a_n + a
-        z = tokens[order[j * b:(j + 1) * b]].to(device).long()                                  # [B, N]
+        idx = order[j * b:(j + 1) * b]
+        z = tokens[idx].to(device).long()                                                     # [B, N]
         g = torch.Generator().manual_seed(step_seed(seed, step * a_n + a, _MASK_STREAM))
-        r, scores = torch.rand(b * world, generator=g), torch.rand(b * world, n_tok, generator=g)
+        r, scores, use, variant = (v[rank::world] for v in draw_masks(g, b * world, n_tok, s['hole_mask_frac'],
+                                                                       0 if ctx is None else ctx[0].shape[1]))
+        region, context = hole_rows(idx, use, variant, ctx)
         if s['masked_only']:
-            norm = raw.num_masked(r).sum().item() / world  # global masked count, per rank
+            count = raw.num_masked(r, None if region is None else region.sum(1)).sum().double()
+            if world > 1:
+                dist.all_reduce(count)
+            norm = count.item() / world  # global masked count, per rank
         else:
             norm = b * n_tok
         sync = a == a_n - 1 or not isinstance(model, DDP)
         with nullcontext() if sync else model.no_sync():
             with autocast():
-                logits, target, mask = model(z, r[rank::world], scores[rank::world])
+                logits, target, mask = model(z, r, scores, region, context)
             loss = mvtm_loss(logits, target, mask, raw.num_codebook_vectors, s['label_smoothing'],
                              s['masked_only'], normalizer=norm)
             (scaler.scale(loss / a_n) if scaler is not None else loss / a_n).backward()
@@ -159,26 +192,57 @@ def accumulate_grads(model, raw, tokens, order, step_in_epoch, step, s, seed, wo
 
 
 @torch.no_grad()
-def evaluate(raw, tokens, s, seed, world, rank, device, autocast=nullcontext):
-    """(loss, masked-token accuracy) on `tokens` with masks fixed by the seed (comparable across epochs)."""
+def evaluate(raw, tokens, s, seed, world, rank, device, autocast=nullcontext, holes=None):
+    """(loss, masked-token accuracy, hole accuracy) on `tokens`, masks fixed by the seed (comparable across
+    epochs). The loss and accuracy use the paper's random masks. Hole accuracy is what inpainting's first
+    step gets right: one pass's argmax on every token of each image's fixed hole, the rest of the image
+    shown as inpainting shows it (holes: (token holes [n, N] bool, context [n, N] long), from the val
+    split's masks and masked images); NaN without them.
+    """
     was_training = raw.training
     raw.eval()
     n, n_tok = tokens.shape
     g = torch.Generator().manual_seed(step_seed(seed, 0, _VAL_STREAM))
     r_all, scores_all = torch.rand(n, generator=g), torch.rand(n, n_tok, generator=g)
     idx = torch.arange(rank, n, world)
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+    sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss sum, correct, count, hole correct, hole count
     for i in range(0, len(idx), s['batch_size']):
         k = idx[i:i + s['batch_size']]
+        z = tokens[k].to(device).long()
         with autocast():
-            logits, target, mask = raw(tokens[k].to(device).long(), r_all[k], scores_all[k])
+            logits, target, mask = raw(z, r_all[k], scores_all[k])
         loss_sum = mvtm_loss(logits, target, mask, raw.num_codebook_vectors, s['label_smoothing'], True, normalizer=1)
         correct, count = masked_accuracy(logits, target, mask, raw.num_codebook_vectors)
-        sums += torch.stack([loss_sum.double(), correct.double(), count.double()])
+        hole = torch.zeros(2, dtype=torch.float64, device=device)
+        if holes is not None:
+            with autocast():  # r = 0: the whole hole masked, as at the first decoding step
+                logits, target, mask = raw(z, torch.zeros(len(k)), scores_all[k], holes[0][k], holes[1][k])
+            hole = torch.stack(masked_accuracy(logits, target, mask, raw.num_codebook_vectors)).double()
+        sums += torch.cat([torch.stack([loss_sum.double(), correct.double(), count.double()]), hole])
     if world > 1:
         dist.all_reduce(sums)
     raw.train(was_training)
-    return (sums[0] / sums[2]).item(), (sums[1] / sums[2]).item()
+    hole_acc = (sums[3] / sums[4]).item() if holes is not None else float('nan')
+    return (sums[0] / sums[2]).item(), (sums[1] / sums[2]).item(), hole_acc
+
+
+def load_val_holes(args, factor, n_val, stats, get_vqgan):
+    """(token holes [n_val, N] bool, context tokens [n_val, N] long) of the val split's fixed masks and masked
+    images (val_mask64/ and val_masked_image/ beside --val_d_path), or None when the dataset has none."""
+    root = os.path.dirname(os.path.normpath(args.val_d_path))
+    path = args.val_mask_path or os.path.join(root, 'val_mask64')
+    images = os.path.join(root, 'val_masked_image')
+    if not os.path.isdir(path) or not os.path.isdir(images):
+        if args.val_mask_path:
+            raise FileNotFoundError(f"--val-mask-path: folder not found: {path} (or its {images})")
+        return None
+    masks, shown = MaskDataset(path, args.partial), ImageDataset(images, args.partial, *stats)
+    if not len(masks) == len(shown) == n_val:
+        raise ValueError(f"{path} has {len(masks)} masks, {images} {len(shown)} images, {args.val_d_path} {n_val}")
+    holes = latent_mask(torch.stack([m for m in masks]), factor).flatten(1)
+    vqgan = get_vqgan()
+    x = torch.stack([v for v in shown]).to(next(vqgan.parameters()).device)
+    return holes, torch.cat([vqgan.encode_indices(x[i:i + 64]).cpu() for i in range(0, len(x), 64)])
 
 
 def make_optimizer(raw, s, device):
@@ -194,7 +258,7 @@ def make_optimizer(raw, s, device):
 
 # ----------------------------------------------------------------------------- outputs
 
-LOG_FIELDS = ('epoch', 'step', 'lr', 'train_loss', 'val_loss', 'val_acc', 'tokens_per_s', 'seconds')
+LOG_FIELDS = ('epoch', 'step', 'lr', 'train_loss', 'val_loss', 'val_acc', 'val_hole_acc', 'tokens_per_s', 'seconds')
 
 
 def read_log(out_dir, upto):
@@ -203,7 +267,8 @@ def read_log(out_dir, upto):
     if not os.path.isfile(path):
         return []
     with open(path) as f:
-        rows = [{k: (int if k in ('epoch', 'step') else float)(v) for k, v in r.items()} for r in csv.DictReader(f)]
+        rows = [{k: (int if k in ('epoch', 'step') else float)(v or 'nan') for k, v in r.items()}
+                for r in csv.DictReader(f)]
     return [r for r in rows if r['epoch'] <= upto]
 
 
@@ -277,8 +342,16 @@ def main(argv=None):
             tokens['val'] = load_tokens(args.val_d_path, flip=False, **cache)
         if world > 1 and turn == 0:
             dist.barrier()
-    get_vqgan.cache_clear()  # training never needs the VQGAN again
     train_tok, val_tok = tokens['train'], tokens['val']
+    factor = vq_p['img_resolution'] // vq_p['latent_resolution']
+    ctx = None
+    if s['hole_mask_frac'] > 0:  # the dataset's hole generator on its training stream, the masked images encoded
+        bank = pixel_mask_bank(s['mask_bank'], vq_p['img_resolution'], args.seed)
+        context, hole_ids = load_context_tokens(args.train_d_path, vq_cfg_path, vq_ckpt, s['cache_dir'], get_vqgan,
+                                                bank, s['context_variants'], args.seed, args.partial, log=log)
+        ctx = (context, latent_mask(bank, factor).flatten(1)[hole_ids])                        # [S, V, N] each
+    val_holes = load_val_holes(args, factor, len(val_tok), data_stats(load_config(vq_cfg_path), 'test'), get_vqgan)
+    get_vqgan.cache_clear()  # training never needs the VQGAN again
     per_step = s['batch_size'] * s['accum_grad'] * world
     steps_per_epoch = len(train_tok) // per_step
     if steps_per_epoch == 0:
@@ -309,13 +382,26 @@ def main(argv=None):
         load_state_dict_checked(raw.transformer, load_checkpoint(args.checkpoint_path), args.checkpoint_path)
         st.update(epoch=args.start_from_epoch, step=args.start_from_epoch * steps_per_epoch,
                   rows=read_log(out_dir, args.start_from_epoch))
+    elif args.init_from:
+        load_state_dict_checked(raw.transformer, transformer_state_dict(load_checkpoint(args.init_from)), args.init_from)
+        log(f"starting from the weights of {args.init_from}")
     model = torch.compile(raw) if args.compile else raw
     if world > 1:
         model = DDP(model, device_ids=[device.index] if device.type == 'cuda' else None)
 
     def save_state():
-        atomic_save(dict(transformer=raw.transformer.state_dict(), optimizer=opt.state_dict(),
-                         scaler=scaler.state_dict(), steps_per_epoch=steps_per_epoch, **st), state_path)
+        save_checkpoint(dict(transformer=raw.transformer.state_dict(), optimizer=opt.state_dict(),
+                             scaler=scaler.state_dict(), steps_per_epoch=steps_per_epoch, **st), state_path)
+
+    loss_limit = 2 * math.log(raw.num_codebook_vectors)  # twice the loss of a uniform guess
+
+    def check_before_save(val_loss):
+        """Nothing is saved unless every weight is finite and the val loss is finite and sane."""
+        bad = next((name for name, p in raw.named_parameters() if not torch.isfinite(p).all()), None)
+        if bad or not math.isfinite(val_loss) or val_loss > loss_limit:
+            why = f"weight {bad} is not finite" if bad else f"val loss {val_loss:.4g} (limit {loss_limit:.3g})"
+            raise TrainingDiverged(f"{why} after step {st['step']}: stopped before saving; the last saved "
+                                   f"checkpoints ({args.checkpoint_path}, {state_path}) are untouched")
 
     n_tok = raw.num_image_tokens
     log(f"{len(train_tok)} train / {len(val_tok)} val sequences, {steps_per_epoch} steps per epoch, "
@@ -332,7 +418,7 @@ def main(argv=None):
                 grp['lr'] = lr
             torch.manual_seed(step_seed(args.seed, st['step'], _DROPOUT_STREAM, rank))
             loss = accumulate_grads(model, raw, train_tok, order, i, st['step'], s, args.seed, world, rank,
-                                    device, autocast, scaler)
+                                    device, autocast, scaler, ctx)
             scaler.unscale_(opt)
             gnorm = torch.nn.utils.clip_grad_norm_(raw.parameters(), s['grad_clip'] if s['grad_clip'] > 0 else math.inf)
             if world > 1:
@@ -349,22 +435,26 @@ def main(argv=None):
             st['epoch_loss_sum'] += loss
             st['epoch_steps'] += 1
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
-            if rank == 0 and args.ckpt_interval > 0 and st['step'] % args.ckpt_interval == 0 \
-                    and i + 1 < steps_per_epoch:
-                save_state()
+            if args.ckpt_interval > 0 and st['step'] % args.ckpt_interval == 0 and i + 1 < steps_per_epoch:
+                check_before_save(evaluate(raw, val_tok[:CHECK_SEQUENCES], s, args.seed, world, rank, device,
+                                           autocast)[0])
+                if rank == 0:
+                    save_state()
         seconds = time.time() - t0
-        val_loss, val_acc = evaluate(raw, val_tok, s, args.seed, world, rank, device, autocast)
+        val_loss, val_acc, val_hole_acc = evaluate(raw, val_tok, s, args.seed, world, rank, device, autocast,
+                                                   val_holes)
+        check_before_save(val_loss)
         st['rows'].append(dict(epoch=epoch, step=st['step'], lr=lr, train_loss=st['epoch_loss_sum'] / st['epoch_steps'],
-                               val_loss=val_loss, val_acc=val_acc,
+                               val_loss=val_loss, val_acc=val_acc, val_hole_acc=val_hole_acc,
                                tokens_per_s=(steps_per_epoch - first) * per_step * n_tok / seconds, seconds=seconds))
         st.update(epoch=epoch, epoch_loss_sum=0.0, epoch_steps=0)
         log(f"epoch {epoch}: train loss {st['rows'][-1]['train_loss']:.4f}, val loss {val_loss:.4f}, "
-            f"val masked-token acc {val_acc:.4f}")
+            f"val masked-token acc {val_acc:.4f}, val hole acc {val_hole_acc:.4f}")
         if rank == 0:
             sd = raw.transformer.state_dict()
             if s['save_per_epoch'] and epoch % s['save_per_epoch'] == 0:
-                atomic_save(sd, os.path.join(out_dir, f'transformer_epoch_{epoch}.pt'))
-            atomic_save(sd, args.checkpoint_path)
+                save_checkpoint(sd, os.path.join(out_dir, f'transformer_epoch_{epoch}.pt'))
+            save_checkpoint(sd, args.checkpoint_path)
             save_state()
             write_log(st['rows'], out_dir)
     if world > 1:

@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from models.discriminator import Discriminator
 from models.vqgan import VQGAN, model_state_dict
-from utils import (ImageDataset, atomic_save, data_stats, denormalize, export_state_dict, load_checkpoint,
-                   load_config, load_state_dict_checked, resolve_device, save_grid, seed_everything)
+from utils import (ImageDataset, data_stats, denormalize, export_state_dict, load_checkpoint,
+                   load_config, load_state_dict_checked, resolve_device, save_checkpoint, save_grid, seed_everything)
 
 TRAIN_DEFAULTS = dict(batch_size=16, accum_grad=1, learning_rate=2.25e-4, betas=[0.5, 0.9], epochs=10,
                       l1_weight=1.0, l2_weight=1.0, disc_start=2000, disc_weight=0.5,
@@ -280,9 +280,9 @@ def train(args):
         is_best = metrics['val_psnr'] > best_psnr
         best_psnr = max(best_psnr, metrics['val_psnr'])
         ck = checkpoint(metrics)
-        atomic_save(ck, os.path.join(run_dir, 'last.pt'))
+        save_checkpoint(ck, os.path.join(run_dir, 'last.pt'))  # with a .sha256 sidecar
         if is_best:
-            atomic_save(ck, os.path.join(run_dir, 'best.pt'))
+            save_checkpoint(ck, os.path.join(run_dir, 'best.pt'))
     return dict(epoch=epoch, step=step, **metrics)
 
 

@@ -49,12 +49,47 @@ def data_stats(cfg, split='train'):
     return tuple(data.get(f'{split}_mean', default_mean)), tuple(data.get(f'{split}_std', default_std))
 
 
+def _pid_alive(pid):
+    """Whether a process with this id exists here (a process we may not signal exists too)."""
+    if pid <= 0:
+        return True  # not a pid we wrote: leave its file alone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: alive, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temps(path):
+    """Remove the temporary files of `path` (`.NAME.tmpPID`, see atomic_open) whose process is dead:
+    what a killed save leaves behind. Files of live processes (a save in progress) are kept.
+    Returns the removed paths."""
+    d, base = os.path.split(os.path.abspath(path))
+    prefix = f'.{base}.tmp'
+    removed = []
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return removed
+    for name in names:
+        pid = name[len(prefix):]
+        if name.startswith(prefix) and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(d, name))
+                removed.append(os.path.join(d, name))
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_open(path, mode='w', **kwargs):
     """open() on a temporary name in the same folder, renamed to `path` only when the block succeeds:
-    a crash never leaves a torn file (folders are made as needed)."""
+    a crash never leaves a torn file (folders are made as needed). Temporary files of `path` left by
+    killed processes (kill -9 during a save) are removed first."""
     d, base = os.path.split(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
+    remove_stale_temps(path)
     tmp = os.path.join(d, f'.{base}.tmp{os.getpid()}')
     try:
         with open(tmp, mode, **kwargs) as f:
@@ -66,15 +101,33 @@ def atomic_open(path, mode='w', **kwargs):
 
 
 def atomic_save(obj, path):
-    """torch.save, atomically."""
+    """torch.save, atomically. A `<path>.sha256` sidecar left from an earlier save_checkpoint is removed:
+    it would no longer match (use save_checkpoint to write a new one)."""
     with atomic_open(path, 'wb') as f:
         torch.save(obj, f)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(f"{path}.sha256")
 
 
 def atomic_save_image(img, path):
     """Save a PIL image (format from the extension of `path`) atomically."""
     with atomic_open(path, 'wb') as f:
         img.save(f, format=Image.registered_extensions()[os.path.splitext(path)[1].lower()])
+
+
+def check_writable(path, flag, folder=False):
+    """Raise a one-line ValueError naming `flag` unless `path` can be written, without creating anything:
+    a folder (folder=True) or a file that exists or can be created in its nearest existing folder."""
+    path = os.path.abspath(path)
+    if os.path.exists(path) and os.path.isdir(path) != folder:
+        raise ValueError(f"{flag} {path} is {'a file, not a folder' if folder else 'a folder, not a file'}")
+    probe = path if folder else os.path.dirname(path)
+    while not os.path.lexists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ValueError(f"{flag} {path} cannot be created: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path} is not writable: no permission to write in {probe} (or read-only)")
 
 
 def sha256_file(path, chunk=1 << 20):
@@ -106,13 +159,39 @@ def load_checkpoint(path, map_location='cpu'):
         raise ValueError(f"cannot load checkpoint {path}: {str(e).splitlines()[0]}") from None
 
 
+def save_checkpoint(obj, path):
+    """torch.save, atomically, with a `<path>.sha256` sidecar (sha256sum's format) that load_checkpoint
+    verifies: a corrupted checkpoint is then an error instead of loading silently.
+
+    The old sidecar is removed before the new checkpoint replaces the old one, and the new sidecar is renamed
+    in last: a crash at any point leaves a checkpoint that matches its sidecar or has none, never a pair that
+    disagrees (which would make a good checkpoint unloadable)."""
+    d, base = os.path.split(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    sidecar = os.path.join(d, f'{base}.sha256')
+    for target in (path, sidecar):
+        remove_stale_temps(target)
+    tmp, tmp_sidecar = (os.path.join(d, f'.{name}.tmp{os.getpid()}') for name in (base, f'{base}.sha256'))
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(obj, f)
+        with open(tmp_sidecar, 'w') as f:
+            f.write(f"{sha256_file(tmp)}  {base}\n")
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(sidecar)
+        os.replace(tmp, path)
+        os.replace(tmp_sidecar, sidecar)
+    finally:
+        for t in (tmp, tmp_sidecar):
+            if os.path.exists(t):
+                os.remove(t)
+
+
 def export_state_dict(state_dict, path, dtype=torch.float16):
-    """A plain state_dict with floating tensors in `dtype`, written atomically with a `<path>.sha256` sidecar
-    (sha256sum's format) that load_checkpoint verifies."""
+    """A plain state_dict with floating tensors in `dtype`, written by save_checkpoint (atomically, with a
+    `<path>.sha256` sidecar that load_checkpoint verifies)."""
     sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
-    atomic_save(sd, path)
-    with atomic_open(f"{path}.sha256") as f:
-        f.write(f"{sha256_file(path)}  {os.path.basename(path)}\n")
+    save_checkpoint(sd, path)
     return sd
 
 
@@ -282,13 +361,47 @@ class ImageDataset(Dataset):
         return normalize(pil_to_tensor01(load_rgb(self.paths[i])), self.mean, self.std)  # [3, H, W]
 
 
-def load_mask(path):
-    """Mask PNG -> float [1, H, W] with 1 = keep, 0 = hole (the course's ToTensor on mode L)."""
+# Mask checks (PairedTestDataset.check): masks should hold 0 (hole) and 255 (keep) only.
+MASK_THRESHOLD = 128       # values >= this keep the pixel, values below are holes
+MASK_GREY = (16, 239)      # values strictly between these are neither near 0 nor near 255
+MASK_MAX_GREY_SHARE = 0.05 # more grey pixels than this: not a binary mask (a photo, swapped folders, ...)
+MASK_WARN_HOLE_SHARE = 0.9 # warn when a mask is more than this much hole
+
+
+def load_mask(path, threshold=None):
+    """Mask PNG -> float [1, H, W] with 1 = keep, 0 = hole (the course's ToTensor on mode L).
+
+    threshold: values >= threshold become 1, the others 0 (for masks that are not exactly 0/255)."""
     try:
         with Image.open(path) as img:
-            return pil_to_tensor01(img.convert('L'))
+            img = img.convert('L')
     except Exception as e:
         raise ValueError(f"cannot read mask {path}: {str(e).splitlines()[0]}") from None
+    if threshold is not None:
+        img = img.point(lambda v: 255 if v >= threshold else 0)
+    return pil_to_tensor01(img)
+
+
+def check_mask(path):
+    """Decode a mask fully and check it is binary: (hole fraction, share of values other than 0 and 255).
+
+    One-line ValueError naming the file for a mask that cannot be read, a 0/1 mask (max 1) or one with more
+    than MASK_MAX_GREY_SHARE of its pixels strictly between MASK_GREY (not a mask: a photo, or the image
+    and mask folders swapped). The hole fraction is that of the mask thresholded at MASK_THRESHOLD."""
+    try:
+        with Image.open(path) as img:
+            a = np.asarray(img.convert('L'))
+    except Exception as e:
+        raise ValueError(f"cannot read mask {path}: {str(e).splitlines()[0]}") from None
+    if a.max() == 1:
+        raise ValueError(f"mask {path} is a 0/1 mask (max value 1): masks use 0 = hole, 255 = keep; "
+                         f"multiply it by 255")
+    grey = float(((a > MASK_GREY[0]) & (a < MASK_GREY[1])).mean())
+    if grey > MASK_MAX_GREY_SHARE:
+        raise ValueError(f"mask {path} is not a binary mask: {grey:.0%} of its pixels are between "
+                         f"{MASK_GREY[0]} and {MASK_GREY[1]} (masks use 0 = hole, 255 = keep; "
+                         f"are the image and mask folders swapped?)")
+    return float((a < MASK_THRESHOLD).mean()), float(((a != 0) & (a != 255)).mean())
 
 
 class MaskDataset(Dataset):
@@ -309,41 +422,100 @@ def _index_of(path):
     return int(m.group(1)) if m else None
 
 
+def _by_number(paths, what, root):
+    """{number: path}; two files with the same number (image_001.png and image_1.png, or .png and .jpg)
+    are a one-line error naming both."""
+    out = {}
+    for p in paths:
+        k = _index_of(p)
+        if k is None:
+            continue
+        if k in out:
+            raise ValueError(f"{what} files {os.path.basename(out[k])} and {os.path.basename(p)} in {root} "
+                             f"both have number {k}: pairing by number is ambiguous; remove or rename one")
+        out[k] = p
+    return out
+
+
 class PairedTestDataset(Dataset):
     """Masked test images with their masks, paired by number (image_007.png <-> mask_007.png).
 
     Returns (image [3, H, W] normalised, mask [1, H, W], index). Every image must have its mask and
-    vice versa; the first unpaired file is named in the error.
+    vice versa; the first unpaired file is named in the error, and so are two files of one folder with the
+    same number. Masks are thresholded at MASK_THRESHOLD (the same as the course's rule for 0/255 masks);
+    `check()` validates every file before a run.
     """
 
     def __init__(self, image_root, mask_root, partial=1.0, mean=TEST_MEAN, std=TEST_STD):
-        images = list_images(image_root, 1.0, what='masked image')
-        masks = {_index_of(p): p for p in list_images(mask_root, 1.0, what='mask')}
-        image_idx = {}
-        for p in images:
+        if not 0 < partial <= 1:
+            raise ValueError(f"--partial must be in (0, 1], got {partial}")
+        image_paths = list_images(image_root, 1.0, what='masked image')
+        mask_paths = list_images(mask_root, 1.0, what='mask')
+        images = _by_number(image_paths, 'masked image', image_root)
+        masks = _by_number(mask_paths, 'mask', mask_root)
+        for p in image_paths:
             k = _index_of(p)
             if k is None or k not in masks:
                 raise ValueError(f"masked image {p} has no mask in {mask_root} "
                                  f"(expected mask_{k if k is not None else 'N'}.png)")
-            image_idx[k] = p
-        for k, p in masks.items():
-            if k not in image_idx:
+        for p in mask_paths:
+            k = _index_of(p)
+            if k is None or k not in images:
                 raise ValueError(f"mask {p} has no masked image in {image_root}")
-        order = [k for k in sorted(image_idx, key=lambda k: os.path.basename(image_idx[k]))]
+        order = sorted(images, key=lambda k: os.path.basename(images[k]))
         order = order[:int(len(order) * partial)]
         if not order:
             raise ValueError(f"no test images left in {image_root} with --partial {partial}")
         self.indices = order
-        self.images = [image_idx[k] for k in order]
+        self.images = [images[k] for k in order]
         self.masks = [masks[k] for k in order]
         self.mean, self.std = mean, std
+
+    def check(self, size=None):
+        """Decode every image and mask fully and check the masks (check_mask), before any output.
+
+        size: (width, height) every file must have. Returns one-line notes for stderr: masks that are not
+        exactly 0/255 (how they were thresholded), masks that are almost all hole. Errors name the file."""
+        grey, holey = [], []
+        for img_path, mask_path in zip(self.images, self.masks):
+            try:
+                with Image.open(img_path) as img:
+                    img.convert('RGB')  # decodes all of it: a truncated file fails here, not mid-run
+                    img_size = img.size
+            except Exception as e:
+                raise ValueError(f"cannot read image {img_path}: {str(e).splitlines()[0]}") from None
+            hole, off = check_mask(mask_path)
+            with Image.open(mask_path) as m:
+                mask_size = m.size
+            for path, got in ((img_path, img_size), (mask_path, mask_size)):
+                if size is not None and got != tuple(size):
+                    raise ValueError(f"{path} is {got[0]}x{got[1]} but the model takes {size[0]}x{size[1]} "
+                                     f"images (img_resolution)")
+            if mask_size != img_size:
+                raise ValueError(f"mask {mask_path} is {mask_size[0]}x{mask_size[1]} but image {img_path} is "
+                                 f"{img_size[0]}x{img_size[1]}")
+            if off:
+                grey.append((mask_path, off))
+            if hole > MASK_WARN_HOLE_SHARE:
+                holey.append((mask_path, hole))
+        notes = []
+        if grey:
+            worst = max(grey, key=lambda t: t[1])
+            notes.append(f"note: {len(grey)} mask(s) are not exactly 0/255 (e.g. lossy compression; worst "
+                         f"{worst[0]}: {worst[1]:.1%} of pixels): thresholded at {MASK_THRESHOLD}, "
+                         f"values >= {MASK_THRESHOLD} keep, values below are holes")
+        if holey:
+            worst = max(holey, key=lambda t: t[1])
+            notes.append(f"warning: {len(holey)} mask(s) are more than {MASK_WARN_HOLE_SHARE:.0%} hole (worst "
+                         f"{worst[0]}: {worst[1]:.0%}): almost the whole image is generated; inverted masks?")
+        return notes
 
     def __len__(self):
         return len(self.images)
 
     def __getitem__(self, i):
         img = normalize(pil_to_tensor01(load_rgb(self.images[i])), self.mean, self.std)
-        mask = load_mask(self.masks[i])
+        mask = load_mask(self.masks[i], MASK_THRESHOLD)
         if mask.shape[1:] != img.shape[1:]:
             raise ValueError(f"mask {self.masks[i]} is {tuple(mask.shape[1:])} but image {self.images[i]} "
                              f"is {tuple(img.shape[1:])}")

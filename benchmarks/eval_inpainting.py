@@ -1,14 +1,17 @@
-"""FID of inpainting on the test split: mask schedules, a --total-iter / --sweet-spot sweep, and baselines.
+"""Inpainting quality against what a user would pick instead: FID and hole-only L1 / PSNR, one table.
 
-    python benchmarks/eval_inpainting.py --out results/eval            # the shipped checkpoints, all runs
-    python benchmarks/eval_inpainting.py --out /tmp/e --partial 0.1    # a quick look
+    python benchmarks/eval_inpainting.py --split val --out results/eval_val     # choose settings here
+    python benchmarks/eval_inpainting.py --split test --out results/eval_test \
+        --runs ours=--total-iter,8 --baselines all                               # once per shipped candidate
 
-Every run decodes the same masked test images with the same per-image seeds (inpainting.py's Inpainter)
-and is scored against the ground-truth CSV, whose Inception statistics are computed once. Baselines on the
-same masks: the VQGAN's reconstruction of the ground truth (the tokenizer's ceiling), and the masked input
-with its holes filled by the mean colour of its known pixels. Writes OUT/fid.json, OUT/fid_table.md and
-OUT/fid_sweep.png (FID against T, and against the sweet spot at T = --sweet-spot-t); the images of each run
-go to OUT/<run>/.
+Every run fills the same masked images (the split's fixed masks from prepare_dataset.py) and is scored
+against the split's ground truth, whose Inception statistics are computed once per output folder.
+Decoding runs are inpainting.py's Inpainter with `--paste-known` plus the run's flags. Baselines on the
+same masks: OpenCV Telea and Navier-Stokes (radius 3), the mean known colour, and the tokenizer alone:
+`vqgan_recon` (the whole ground truth through encode/decode: rFID) and `vqgan_recon_paste` (the same with
+the known pixels pasted: the ceiling of any transformer on this tokenizer). Hole L1 (0..255 levels) and
+PSNR (dB, 0..1 range) are over the hole pixels only, averaged per image. Writes OUT/results.json,
+OUT/table.md and OUT/compare.png (rows: masked input | each run | ground truth); images in OUT/<run>/.
 """
 import argparse
 import json
@@ -24,144 +27,150 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.join(ROOT, 'faster-pytorch-fid'), ROOT]
 import inpainting  # noqa: E402
 from fid_score_gpu import compute_fid  # noqa: E402
+from models.baselines import have_opencv, mean_fill, opencv_fill  # noqa: E402
 from utils import (PairedTestDataset, atomic_open, atomic_save_image, data_stats, denormalize,  # noqa: E402
-                   load_rgb, normalize, pil_to_tensor01, plot_curves, resolve_device, tensor01_to_pil)
+                   load_rgb, normalize, pil_to_tensor01, resolve_device, save_grid, tensor01_to_pil)
+
+BASELINES = ('telea', 'navier_stokes', 'mean_fill', 'vqgan_recon', 'vqgan_recon_paste')
+SPLITS = {'val': ('val_masked_image', 'val_mask64', 'val'), 'test': ('masked_image', 'mask64', 'test')}
+COMPARE_ROWS = 8
 
 
-def runs(args):
-    """(name, inpainting.py flags) of every decoding run (all with --paste-known), or a baseline's name with None.
-
-    Run cosine_T{t} also writes cosine_T{t}_nopaste: the same decoded tokens without the known pixels pasted.
-    """
-    out = [(f'{m}_T{args.t}', ['--mask-func', m, '--total-iter', str(args.t)]) for m in args.schedules]
-    out += [(f'cosine_T{t}', ['--total-iter', str(t)]) for t in args.t_sweep if t != args.t]
-    out += [(f'cosine_T{args.sweet_spot_t}_s{s}', ['--total-iter', str(args.sweet_spot_t), '--sweet-spot', str(s)])
-            for s in args.sweet_spots if 0 < s < args.sweet_spot_t]
-    return out + [('baseline_vqgan_recon', None), ('baseline_vqgan_recon_paste', None), ('baseline_mean_fill', None)]
-
-
-def write(images, ids, folder):
-    for img, i in zip(images, ids.tolist()):
-        atomic_save_image(tensor01_to_pil(img), os.path.join(folder, f'image_{i:03d}.png'))
+def baseline(name, model, imgs, masks, gt, mean, std):
+    """One batch of a baseline, images in [0, 1]."""
+    shown = denormalize(imgs, mean, std)                                                # [B, 3, H, W]
+    if name in ('telea', 'navier_stokes'):
+        return opencv_fill(shown, masks, name)
+    if name == 'mean_fill':
+        return mean_fill(shown, masks)
+    out = denormalize(model.vqgan.decode_indices(model.vqgan.encode_indices(normalize(gt, mean, std))), mean, std)
+    return masks * shown + (1 - masks) * out if name == 'vqgan_recon_paste' else out
 
 
-@torch.no_grad()
-def baseline(name, model, loader, gt_root, mean, std, device, folder):
-    """Images of a baseline run, written to `folder`."""
-    for imgs, masks, ids in loader:
-        imgs, masks = imgs.to(device), masks.to(device)
-        shown = denormalize(imgs, mean, std)                                            # [B, 3, H, W] in [0, 1]
-        if name == 'baseline_mean_fill':
-            fill = (shown * masks).sum((2, 3), keepdim=True) / masks.sum((2, 3), keepdim=True).clamp(min=1)
-            out = masks * shown + (1 - masks) * fill
-        else:
-            gt = torch.stack([pil_to_tensor01(load_rgb(os.path.join(gt_root, f'image_{i:03d}.png')))
-                              for i in ids.tolist()]).to(device)
-            tokens = model.vqgan.encode_indices(normalize(gt, mean, std))
-            out = denormalize(model.vqgan.decode_indices(tokens), mean, std)
-            if name.endswith('_paste'):
-                out = masks * shown + (1 - masks) * out
-        write(out, ids, folder)
+def hole_errors(out, gt, masks):
+    """Per-image (L1 in 0..255 levels, PSNR in dB) over the hole pixels; images [B, 3, H, W] in [0, 1]."""
+    hole = (1 - masks).expand_as(out)
+    n = hole.sum((1, 2, 3)).clamp(min=1)
+    q = lambda x: (x * 255 + 0.5).floor() / 255                # what the saved PNG holds
+    diff = q(out) - q(gt)
+    l1 = (diff.abs() * hole).sum((1, 2, 3)) / n * 255
+    mse = (diff.pow(2) * hole).sum((1, 2, 3)) / n
+    return l1, 10 * torch.log10(1 / mse.clamp(min=1e-10))
 
 
-@torch.no_grad()
-def decode_run(flags, base, model, loader, mean, std, device, folder, nopaste_folder=None):
-    args = inpainting.parse_args(base + flags + ['--paste-known'])
-    inp = inpainting.Inpainter(model, args, mean, std)
-    for imgs, masks, ids in loader:
-        imgs, masks = imgs.to(device), masks.to(device)
-        out = inp(imgs, masks, ids, args.mask_func)
-        write(inp.final(imgs, masks, out), ids, folder)
-        if nopaste_folder:
-            write(inp.images(out.tokens), ids, nopaste_folder)
+def parse_runs(specs):
+    """'name=flag,value,flag,...' -> (name, [flags])."""
+    out = []
+    for spec in specs:
+        name, _, flags = spec.partition('=')
+        if not name or not name.replace('_', '').replace('.', '').replace('-', '').isalnum():
+            raise SystemExit(f"--runs: bad run name in '{spec}' (use letters, digits, _ . -)")
+        out.append((name, [f for f in flags.split(',') if f]))
+    return out
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--out', default='results/eval')
+    p.add_argument('--split', choices=SPLITS, default='val', help='val: every choice is made here; test: report')
+    p.add_argument('--out', default=None, help='output folder (default results/eval_<split>)')
     p.add_argument('--data', default='data/openclipart', help='dataset in the course layout (prepare_dataset.py)')
     p.add_argument('--MaskGitConfig', default='configs/MaskGit_small.yml')
     p.add_argument('--load-transformer-ckpt-path', default=None, help="default: the config's checkpoint: path")
-    p.add_argument('--t', type=int, default=8, help='T of the schedule comparison')
-    p.add_argument('--schedules', nargs='+', default=['cosine', 'linear', 'square'], choices=inpainting.SCHEDULES)
-    p.add_argument('--t-sweep', type=int, nargs='+', default=[1, 4, 8, 16])
-    p.add_argument('--sweet-spot-t', type=int, default=16)
-    p.add_argument('--sweet-spots', type=int, nargs='+', default=[4, 8])
-    p.add_argument('--partial', type=float, default=1.0)
+    p.add_argument('--vqgan-ckpt', default=None, help="default: the config's VQ_CKPT_path")
+    p.add_argument('--runs', nargs='*', default=['T8=--total-iter,8', 'T1=--total-iter,1'],
+                   metavar='NAME=FLAGS', help="decoding runs: inpainting.py flags joined by commas")
+    p.add_argument('--baselines', nargs='*', default=['all'], help=f"any of {', '.join(BASELINES)}, or all")
+    p.add_argument('--partial', type=float, default=1.0, help='the first fraction of the split')
     p.add_argument('--batch-size', type=int, default=64)
     p.add_argument('--device', default='auto')
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--only', nargs='+', default=None, help='run only these run names')
-    a = p.parse_args()
+    a = p.parse_args(argv)
+    baselines = list(BASELINES) if a.baselines == ['all'] else a.baselines
+    bad = [b for b in baselines if b not in BASELINES]
+    if bad:
+        p.error(f"--baselines: unknown {bad[0]}; choose from {', '.join(BASELINES)} or all")
+    if {'telea', 'navier_stokes'} & set(baselines) and not have_opencv():
+        p.error("the OpenCV baselines need opencv-python-headless: pip install -r requirements-dev.txt")
     torch.set_grad_enabled(False)
-    base = ['--MaskGitConfig', a.MaskGitConfig, '--device', a.device, '--seed', str(a.seed), '--batch-size',
-            str(a.batch_size)]
-    if a.load_transformer_ckpt_path:
-        base += ['--load-transformer-ckpt-path', a.load_transformer_ckpt_path]
-    margs = inpainting.parse_args(base)
+    out_dir = a.out or os.path.join('results', f'eval_{a.split}')
+    base = ['--MaskGitConfig', a.MaskGitConfig, '--device', a.device, '--seed', str(a.seed),
+            '--batch-size', str(a.batch_size)]
+    base += ['--load-transformer-ckpt-path', a.load_transformer_ckpt_path] if a.load_transformer_ckpt_path else []
+    base += ['--vqgan-ckpt', a.vqgan_ckpt] if a.vqgan_ckpt else []
+    runs = [(n, inpainting.parse_args(base + f + ['--paste-known'])) for n, f in parse_runs(a.runs)]
     device = resolve_device(None if a.device == 'auto' else a.device)
-    model, cfg = inpainting.load_maskgit(margs, device)
+    model, cfg = inpainting.load_maskgit(runs[0][1] if runs else inpainting.parse_args(base), device)
     mean, std = data_stats(cfg, 'test')
-    data = PairedTestDataset(os.path.join(a.data, 'masked_image'), os.path.join(a.data, 'mask64'), a.partial, mean, std)
+    img_dir, mask_dir, gt_dir = (os.path.join(a.data, d) for d in SPLITS[a.split])
+    data = PairedTestDataset(img_dir, mask_dir, a.partial, mean, std)
+    gt_files = [os.path.join(gt_dir, os.path.basename(f)) for f in data.images]
+    missing = [f for f in gt_files if not os.path.isfile(f)]
+    if missing:
+        raise SystemExit(f"no ground truth {missing[0]} for {data.images[0]} (rebuild with prepare_dataset.py)")
+    gt_all = torch.stack([pil_to_tensor01(load_rgb(f)) for f in gt_files])              # [N, 3, H, W]
+    stats = os.path.join(out_dir, f'gt_stats_{a.split}_{len(data)}.npz')
+    gt_src = os.path.join(a.data, f'{a.split}_gt.csv') if a.partial == 1 else os.path.join(out_dir, 'gt')
+    if a.partial < 1:
+        for f, x in zip(gt_files, gt_all):
+            atomic_save_image(tensor01_to_pil(x), os.path.join(out_dir, 'gt', os.path.basename(f)))
     loader = DataLoader(data, batch_size=a.batch_size, shuffle=False)
-    os.makedirs(a.out, exist_ok=True)
-    gt_stats = os.path.join(a.out, 'gt_stats.npz')
-    if a.partial < 1:  # the ground truth of the same subset
-        gt_src = os.path.join(a.out, 'gt_subset')
-        for i in data.indices:
-            atomic_save_image(load_rgb(os.path.join(a.data, 'test', f'image_{i:03d}.png')),
-                              os.path.join(gt_src, f'image_{i:03d}.png'))
-    else:
-        gt_src = os.path.join(a.data, 'test_gt.csv')
-    results_path = os.path.join(a.out, 'fid.json')
+
+    results_path = os.path.join(out_dir, 'results.json')
     results = {}
-    if os.path.isfile(results_path):  # runs of an earlier call are kept (and --only can add to them)
+    if os.path.isfile(results_path):  # earlier calls' runs are kept, so a sweep can be extended
         with open(results_path) as f:
             results = json.load(f)
-    todo = [(n, f) for n, f in runs(a) if a.only is None or n in a.only]
-    for name, flags in tqdm(todo, desc='runs'):
-        folder = os.path.join(a.out, name)
-        scored = [(name, folder, flags and flags + ['--paste-known'])]
+    shown_rows, first = {}, None
+    todo = [(n, r) for n, r in runs] + [(b, None) for b in baselines]
+    for name, args in tqdm(todo, desc=f'runs on {a.split}'):
+        folder = os.path.join(out_dir, name)
         t0 = time.time()
-        if flags is None:
-            baseline(name, model, loader, os.path.join(a.data, 'test'), mean, std, device, folder)
-        else:
-            nopaste = folder + '_nopaste' if name == f'cosine_T{a.t}' else None
-            decode_run(flags, base, model, loader, mean, std, device, folder, nopaste)
-            if nopaste:
-                scored.append((name + '_nopaste', nopaste, flags))
-        seconds = time.time() - t0
-        for run_name, run_folder, run_flags in scored:
-            if os.path.isfile(gt_stats):
-                fid = compute_fid(run_folder, gt_stats, device=device)
+        inp = inpainting.Inpainter(model, args, mean, std) if args else None
+        l1s, psnrs, pos = [], [], 0
+        for imgs, masks, ids in loader:
+            imgs, masks = imgs.to(device), masks.to(device)
+            gt = gt_all[pos:pos + len(ids)].to(device)
+            pos += len(ids)
+            if inp is not None:
+                out = inp.final(imgs, masks, inp(imgs, masks, ids, args.mask_func))
             else:
-                fid = compute_fid(run_folder, gt_src, device=device, save_stats_path=gt_stats)
-            results[run_name] = dict(fid=fid, flags=' '.join(run_flags) if run_flags else None,
-                                     decode_seconds=round(seconds, 1), images=len(data))
-            tqdm.write(f"{run_name}: FID {fid:.2f} ({seconds:.0f} s to decode {len(data)} images)")
+                out = baseline(name, model, imgs, masks, gt, mean, std)
+            for x, f in zip(out, data.images[pos - len(ids):pos]):
+                atomic_save_image(tensor01_to_pil(x), os.path.join(folder, os.path.basename(f)))
+            l1, psnr = hole_errors(out.float(), gt, masks)
+            l1s.append(l1.cpu())
+            psnrs.append(psnr.cpu())
+            if first is None:
+                first = (denormalize(imgs, mean, std)[:COMPARE_ROWS].cpu(), gt[:COMPARE_ROWS].cpu())
+            if name not in shown_rows:
+                shown_rows[name] = out[:COMPARE_ROWS].float().cpu()
+        seconds = time.time() - t0
+        fid = compute_fid(folder, stats if os.path.isfile(stats) else gt_src, device=device,
+                          save_stats_path=None if os.path.isfile(stats) else stats)
+        results[name] = dict(fid=fid, hole_l1=torch.cat(l1s).mean().item(), hole_psnr=torch.cat(psnrs).mean().item(),
+                             flags=' '.join(f for f in (dict(parse_runs(a.runs)).get(name) or [])) or None,
+                             split=a.split, images=len(data), seconds=round(seconds, 1))
+        tqdm.write(f"{name}: FID {fid:.2f}, hole L1 {results[name]['hole_l1']:.2f}, "
+                   f"hole PSNR {results[name]['hole_psnr']:.2f} dB ({seconds:.0f} s)")
         with atomic_open(results_path) as f:
             json.dump(results, f, indent=1)
-    report(results, a)
+    report(results, out_dir)
+    if first is not None:  # rows: masked input | each run of this call | ground truth
+        cols = [first[0]] + list(shown_rows.values()) + [first[1]]
+        grid = torch.stack(cols, 1).flatten(0, 1)
+        save_grid(grid, os.path.join(out_dir, 'compare.png'), nrow=len(cols))
+        print(f"columns of {os.path.join(out_dir, 'compare.png')}: input | {' | '.join(shown_rows)} | ground truth")
 
 
-def report(results, a):
-    rows = ['| run | inpainting.py flags | FID | decode s |', '|---|---|---|---|']
-    results = dict(sorted(results.items()))
-    rows += [f"| {n} | {r['flags'] or '(baseline)'} | {r['fid']:.2f} | {r['decode_seconds']} |" for n, r in results.items()]
-    with atomic_open(os.path.join(a.out, 'fid_table.md')) as f:
+def report(results, out_dir):
+    rows = ['| run | flags (with --paste-known) | FID | hole L1 | hole PSNR (dB) | images | split |',
+            '|---|---|---|---|---|---|---|']
+    for n, r in sorted(results.items(), key=lambda kv: kv[1]['fid']):
+        rows.append(f"| {n} | {r['flags'] or '(baseline)'} | {r['fid']:.2f} | {r['hole_l1']:.2f} | "
+                    f"{r['hole_psnr']:.2f} | {r['images']} | {r['split']} |")
+    with atomic_open(os.path.join(out_dir, 'table.md')) as f:
         f.write('\n'.join(rows) + '\n')
     print('\n'.join(rows))
-    t_pts = sorted((int(n.split('_T')[1]), r['fid']) for n, r in results.items()
-                   if n.startswith('cosine_T') and n.split('_T')[1].isdigit())
-    s_pts = sorted((int(n.rsplit('_s', 1)[1]), r['fid']) for n, r in results.items()
-                   if n.startswith(f'cosine_T{a.sweet_spot_t}_s'))
-    full = results.get(f'cosine_T{a.sweet_spot_t}')
-    if full:
-        s_pts.append((a.sweet_spot_t, full['fid']))
-    series = {'FID vs T (full decoding)': ([x for x, _ in t_pts], [y for _, y in t_pts]),
-              f'FID vs sweet spot (T={a.sweet_spot_t})': ([x for x, _ in s_pts], [y for _, y in s_pts])}
-    plot_curves(series, os.path.join(a.out, 'fid_sweep.png'), title='FID (cosine, --paste-known); lower is better',
-                xlabel='steps run')
 
 
 if __name__ == '__main__':

@@ -13,6 +13,7 @@ streaming float64 statistics; the value stays within ~1e-4 of pytorch-fid's (ben
 """
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -26,7 +27,7 @@ from tqdm import tqdm
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]  # inception_weights, and utils from the repo root
 from inception_weights import build_inception  # noqa: E402
-from utils import atomic_open, list_images, load_rgb, read_gt_csv, resolve_device  # noqa: E402
+from utils import atomic_open, check_writable, list_images, load_rgb, read_gt_csv, resolve_device  # noqa: E402
 
 DIMS = (64, 192, 768, 2048)
 
@@ -132,16 +133,33 @@ def save_stats(path, mu, sigma):
         np.savez_compressed(f, mu=mu, sigma=sigma)
 
 
-def statistics_of(source, model_fn, batch_size=50, num_workers=0, device='cpu', dims=2048):
-    """(mu, sigma) of a folder, a ground-truth CSV or a `.npz`; `model_fn()` builds the network on first need."""
+def _images_of(source):
+    """(images, num_workers override) of a folder or a ground-truth CSV; None for a `.npz` of statistics."""
     if source.lower().endswith('.npz'):
-        return load_stats(source, dims)
+        return None, None
     if source.lower().endswith('.csv'):
-        images, num_workers = csv_images(source), 0  # already decoded
-    else:
-        images = folder_images(source)
-    return activation_statistics(images, model_fn(), batch_size, num_workers, device, desc=os.path.basename(
-        os.path.normpath(source)))
+        return csv_images(source), 0  # already decoded
+    return folder_images(source), None
+
+
+def _checked(stats, source):
+    """Statistics with NaN or inf are an error naming their source (they would give FID nan)."""
+    mu, sigma = stats
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise ValueError(f"statistics of {source} contain NaN or inf (broken images or a broken .npz): "
+                         f"no FID can be computed")
+    return mu, sigma
+
+
+def statistics_of(source, model_fn, batch_size=50, num_workers=0, device='cpu', dims=2048, images=None):
+    """(mu, sigma) of a folder, a ground-truth CSV or a `.npz`; `model_fn()` builds the network on first need.
+    `images`: the source's images already listed (_images_of). NaN or inf statistics are an error."""
+    if source.lower().endswith('.npz'):
+        return _checked(load_stats(source, dims), source)
+    images, workers = images if images is not None else _images_of(source)
+    num_workers = num_workers if workers is None else workers
+    return _checked(activation_statistics(images, model_fn(), batch_size, num_workers, device,
+                                          desc=os.path.basename(os.path.normpath(source))), source)
 
 
 # ----------------------------------------------------------------------------- Fréchet distance
@@ -192,9 +210,19 @@ def compute_fid(predicted, gt, batch_size=50, num_workers=None, device=None, dim
                 weights=None):
     """FID between `predicted` and `gt`, each a folder, a ground-truth CSV or a `.npz` of statistics.
 
-    save_stats_path: write the statistics of `gt` there (pytorch-fid's .npz format) for reuse.
+    save_stats_path: write the statistics of `gt` there (pytorch-fid's format) for reuse; checked for
+    writability before anything is computed, written after the FID.
     weights: a state_dict file for pytorch-fid's FIDInceptionV3 (default: found by inception_weights).
+    A NaN or infinite FID (or statistics) is a ValueError; sets of different sizes are a warning on stderr.
     """
+    fid, stats_gt = _fid(predicted, gt, batch_size, num_workers, device, dims, save_stats_path, weights)
+    if save_stats_path is not None:
+        save_stats(save_stats_path, *stats_gt)
+    return fid
+
+
+def _fid(predicted, gt, batch_size=50, num_workers=None, device=None, dims=2048, save_stats_path=None, weights=None):
+    """(FID, statistics of gt): compute_fid without writing anything."""
     if dims not in DIMS:
         raise ValueError(f"--dims must be one of {DIMS}, got {dims}")
     if batch_size < 1:
@@ -202,8 +230,10 @@ def compute_fid(predicted, gt, batch_size=50, num_workers=None, device=None, dim
     for p in (predicted, gt):
         if not os.path.exists(p):
             raise FileNotFoundError(f"not found: {p}")
-    if save_stats_path is not None and gt.lower().endswith('.npz'):
-        raise ValueError(f"--save-stats: the ground truth {gt} is already statistics")
+    if save_stats_path is not None:
+        if gt.lower().endswith('.npz'):
+            raise ValueError(f"--save-stats: the ground truth {gt} is already statistics")
+        check_writable(save_stats_path, '--save-stats')
     device = resolve_device(device)
     num_workers = default_workers() if num_workers is None else num_workers
     model = []
@@ -213,11 +243,17 @@ def compute_fid(predicted, gt, batch_size=50, num_workers=None, device=None, dim
             model.append(fast_inception(dims, device, weights))
         return model[0]
 
-    stats_gt = statistics_of(gt, model_fn, batch_size, num_workers, device, dims)
-    if save_stats_path is not None:
-        save_stats(save_stats_path, *stats_gt)
-    stats_pred = statistics_of(predicted, model_fn, batch_size, num_workers, device, dims)
-    return frechet_distance(*stats_pred, *stats_gt, device=device)
+    images_gt, images_pred = _images_of(gt), _images_of(predicted)
+    if images_gt[0] is not None and images_pred[0] is not None and len(images_gt[0]) != len(images_pred[0]):
+        print(f"warning: {len(images_pred[0])} predicted images ({predicted}) but {len(images_gt[0])} "
+              f"ground-truth images ({gt}): a short CSV or stale files? The FID compares sets of different sizes",
+              file=sys.stderr)
+    stats_gt = statistics_of(gt, model_fn, batch_size, num_workers, device, dims, images=images_gt)
+    stats_pred = statistics_of(predicted, model_fn, batch_size, num_workers, device, dims, images=images_pred)
+    fid = frechet_distance(*stats_pred, *stats_gt, device=device)
+    if not math.isfinite(fid):
+        raise ValueError(f"FID is {fid} for {predicted} against {gt}: the statistics are degenerate")
+    return fid, stats_gt
 
 
 def main(argv=None):
@@ -235,15 +271,23 @@ def main(argv=None):
     args = p.parse_args(argv)
     gt = args.gt_path or args.gtcsv_path
     try:
-        fid = compute_fid(args.predicted_path, gt, args.batch_size, args.num_workers, args.device, args.dims,
-                          args.save_stats)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        if args.json_out:  # before the computation: a bad path must not cost the run
+            check_writable(args.json_out, '--json-out')
+        fid, stats_gt = _fid(args.predicted_path, gt, args.batch_size, args.num_workers, args.device, args.dims,
+                             args.save_stats)
+    except (OSError, ValueError, RuntimeError) as e:
         # errors raised in a DataLoader worker carry the worker's traceback: its last line is the message
         sys.exit(f"error: {str(e).strip().splitlines()[-1]}")
-    if args.json_out:
-        with atomic_open(args.json_out) as f:
-            json.dump({'fid': fid, 'predicted': args.predicted_path, 'ground_truth': gt, 'dims': args.dims}, f, indent=2)
-    print('FID: ', fid)
+    print('FID: ', fid, flush=True)  # first: a failed write below never loses the value
+    try:
+        if args.save_stats:
+            save_stats(args.save_stats, *stats_gt)
+        if args.json_out:
+            with atomic_open(args.json_out) as f:
+                json.dump({'fid': fid, 'predicted': args.predicted_path, 'ground_truth': gt, 'dims': args.dims}, f,
+                          indent=2)
+    except OSError as e:
+        sys.exit(f"error: FID computed (above) but not saved: {e}")
 
 
 if __name__ == '__main__':

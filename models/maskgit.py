@@ -87,15 +87,19 @@ class MaskGit(nn.Module):
         z_q, indices, _ = self.vqgan.encode(x)
         return z_q, indices.view(x.shape[0], -1)
 
-    def num_masked(self, r):
-        """Masked positions per sample, ceil(gamma(r) * N), for mask ratios r [B] -> [B] long."""
-        return torch.ceil(self.gamma(r.double()) * self.num_image_tokens).long().clamp(0, self.num_image_tokens)
+    def num_masked(self, r, n=None):
+        """Masked positions per sample, ceil(gamma(r) * n), for mask ratios r [B] and maskable counts n [B]
+        (default: every token) -> [B] long."""
+        n = self.num_image_tokens if n is None else n
+        return torch.ceil(self.gamma(r.double()) * n).long().clamp(min=0).clamp(max=n)
 
-    def mask_tokens(self, z, r=None, scores=None):
-        """Mask ceil(gamma(r_b) * N) random positions of each row b of tokens z [B, N].
+    def mask_tokens(self, z, r=None, scores=None, region=None):
+        """Mask ceil(gamma(r_b) * n_b) random positions of each row b of tokens z [B, N].
 
-        r [B] in [0, 1) and scores [B, N] are drawn uniformly when not given (one ratio per sample);
-        the masked positions of row b are its ceil(gamma(r_b) * N) lowest scores.
+        r [B] in [0, 1) and scores [B, N] are drawn uniformly when not given (one ratio per sample).
+        region [B, N] bool (default: all) limits masking to a hole: n_b = its size, and positions outside
+        it stay visible, as in inpainting, where step t shows the known tokens, the hole tokens revealed so
+        far, and masks the rest. The masked positions of row b are its n_b lowest scores in the region.
         Returns (masked tokens [B, N], mask [B, N] bool, True = masked).
         """
         b, n = z.shape
@@ -103,17 +107,25 @@ class MaskGit(nn.Module):
         scores = torch.rand(b, n, device=z.device) if scores is None else scores.to(z.device)
         if n != self.num_image_tokens:
             raise ValueError(f"got {n} tokens per image, the config says num_image_tokens={self.num_image_tokens}")
+        count = None
+        if region is not None:
+            region = region.to(z.device)
+            scores = scores.masked_fill(~region, 2.0)      # uniforms are < 1: outside the hole ranks last
+            count = region.sum(1)
         rank = scores.argsort(1).argsort(1)               # [B, N] rank of each position's score
-        mask = rank < self.num_masked(r)[:, None]         # [B, N]
+        mask = rank < self.num_masked(r, count)[:, None]  # [B, N]
         return torch.where(mask, torch.full_like(z, self.mask_token_id), z), mask
 
-    def forward(self, x, r=None, scores=None):
+    def forward(self, x, r=None, scores=None, region=None, context=None):
         """x: images [B, 3, H, W] (encoded by the frozen VQGAN) or tokens [B, N] long (cached).
 
+        region [B, N] bool: a hole to mask in (mask_tokens); context [B, N] long: the tokens shown outside
+        it (those of the masked image, what inpainting sees), default the image's own.
         Returns (logits [B, N, K+1], target tokens [B, N], mask [B, N] bool, True = masked).
         """
         z = x if x.dtype == torch.long else self.encode_to_z(x)[1]
-        masked, mask = self.mask_tokens(z, r, scores)
+        shown = z if context is None else torch.where(region, z, context.to(z.device))
+        masked, mask = self.mask_tokens(shown, r, scores, region)
         return self.transformer(masked), z, mask
 
 

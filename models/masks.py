@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from utils import latent_mask
+from utils import MASK_FILL, latent_mask
 
 
 def make_mask(size, rng, hole_min, hole_max):
@@ -57,9 +57,9 @@ def hole_fraction(mask):
 
 def mask_rng(seed, split, i):
     """The generator of mask i of a split. Test masks depend on (seed, i) only (as they always have);
-    validation and training masks have their own streams, so no split shares a mask sequence."""
-    streams = {'test': [], 'val': [1], 'train': [2]}
-    return np.random.default_rng([seed, *streams[split], i])
+    validation and training masks have their own streams, so no split shares a mask sequence. The stream
+    number goes last: SeedSequence pads short entropy with zeros, so [seed, 1, 0] would equal [seed, 1]."""
+    return np.random.default_rng([seed, i] if split == 'test' else [seed, i, {'val': 1, 'train': 2}[split]])
 
 
 def pixel_mask_bank(n, size, seed, hole_min=0.1, hole_max=0.5):
@@ -71,3 +71,14 @@ def pixel_mask_bank(n, size, seed, hole_min=0.1, hole_max=0.5):
 def token_mask_bank(n, size, factor, seed, hole_min=0.1, hole_max=0.5):
     """The same n training masks at token level: bool [n, (size/factor)^2], True = unknown."""
     return latent_mask(pixel_mask_bank(n, size, seed, hole_min, hole_max), factor).flatten(1)
+
+
+def fill_holes(x, keep, fill):
+    """Normalised images [B, 3, H, W] with pixel masks [B, 1, H, W] (1 = keep) -> holes set to `fill` [3]
+    (the normalised MASK_FILL grey of the course's masked images)."""
+    return x * keep + fill[:, None, None] * (1 - keep)
+
+
+def normalised_fill(mean, std, device='cpu'):
+    """The course's hole colour MASK_FILL in normalised space, [3]."""
+    return ((torch.tensor(MASK_FILL, dtype=torch.float) / 255 - torch.tensor(mean)) / torch.tensor(std)).to(device)

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from models.masks import fill_holes, normalised_fill
 from utils import ImageDataset, atomic_save, data_stats, list_images, load_checkpoint, load_config, sha256_file
 
 FORMAT = 1
@@ -91,3 +92,45 @@ def load_tokens(image_root, vq_config_path, vq_ckpt_path, cache_dir, get_vqgan, 
     atomic_save({'meta': meta, 'tokens': tokens}, path)
     log(f"token cache {path}: {tokens.shape[0]} images x {tokens.shape[1]} views x {tokens.shape[2]} tokens")
     return tokens.flatten(0, 1)
+
+
+@torch.no_grad()
+def load_context_tokens(image_root, vq_config_path, vq_ckpt_path, cache_dir, get_vqgan, bank, variants, seed,
+                        partial=1.0, batch_size=64, log=print):
+    """What inpainting will show the transformer outside a hole, for training: each image and its flip with
+    `variants` holes from `bank` (pixel masks [M, 1, H, W], 1 = keep) filled with the course's grey and
+    encoded whole, as inpainting.py encodes a masked image. Cached like load_tokens.
+
+    Returns (context int16 [n_images * 2, variants, h*w], hole ids long [n_images * 2, variants] into `bank`);
+    rows follow load_tokens(..., flip=True).
+    """
+    meta = cache_meta(image_root, vq_config_path, vq_ckpt_path, partial, True)
+    meta.update(context_variants=int(variants), context_seed=int(seed), bank_size=len(bank),
+                bank_sha256=hashlib.sha256(bank.numpy().tobytes()).hexdigest())
+    path = cache_path(cache_dir, image_root, partial, True).replace('.pt', f'_context{variants}.pt')
+    if os.path.isfile(path):
+        try:
+            cached = load_checkpoint(path)
+            if cached['meta'] == meta:
+                return cached['context'].long(), cached['holes']
+            log(f"context cache {path} is stale; re-encoding")
+        except (ValueError, KeyError, TypeError) as e:
+            log(f"context cache {path} is unreadable ({e}); re-encoding")
+    vqgan = get_vqgan()
+    dev = next(vqgan.parameters()).device
+    fill = normalised_fill(meta['mean'], meta['std'], dev)
+    ds = ImageDataset(image_root, partial, meta['mean'], meta['std'])
+    holes = torch.randint(len(bank), (len(ds) * 2, variants), generator=torch.Generator().manual_seed(seed))
+    out, start = [], 0
+    for x in tqdm(DataLoader(ds, batch_size=batch_size), desc=f"encode masked {image_root}", leave=False):
+        x = x.to(dev)
+        views = torch.stack([x, x.flip(-1)], 1).flatten(0, 1)                      # [2B, 3, H, W], rows as load_tokens
+        h = holes[start:start + len(views)]                                        # [2B, V]
+        start += len(views)
+        masked = fill_holes(views[:, None], bank[h].to(dev), fill)                 # [2B, V, 3, H, W]
+        tok = vqgan.encode_indices(masked.flatten(0, 1)).view(len(views), variants, -1)
+        out.append(tok.to(torch.int16).cpu())
+    context = torch.cat(out)
+    atomic_save({'meta': meta, 'context': context, 'holes': holes}, path)
+    log(f"context cache {path}: {context.shape[0]} sequences x {variants} masked variants")
+    return context.long(), holes

@@ -3,6 +3,7 @@ import gzip
 import json
 import os
 import struct
+import threading
 
 import numpy as np
 import pytest
@@ -247,6 +248,56 @@ def test_crash_leaves_no_dataset_that_looks_complete(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert build(src, out, '--overwrite', '--seed', '5') == 0  # the leftover out.tmp is not reused
     assert not (tmp_path / 'out.tmp').exists()
+
+
+def test_output_that_is_a_file_is_replaced_with_overwrite_and_no_old_left(tmp_path, capsys):
+    src = make_source(tmp_path / 'src', n=12)
+    out = tmp_path / 'out'
+    out.write_text('a file where the dataset goes')
+    assert build(src, out) == 2 and 'use --overwrite' in capsys.readouterr().err
+    assert build(src, out, '--overwrite') == 0
+    assert (out / 'test_gt.csv').is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['out', 'src']  # no out.old, no out.tmp
+
+
+# ----------------------------------------------------------------------------- symlinked folders
+
+def listed(root):
+    """(path relative to root, label) of list_source_files, with a time limit: a loop must not hang it."""
+    result = []
+    t = threading.Thread(target=lambda: result.extend(pd.list_source_files(str(root))), daemon=True)
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive(), "list_source_files did not finish: a symlink loop is followed"
+    return [(os.path.relpath(p, root), label) for p, label in result]
+
+
+def test_symlink_loops_are_walked_once_with_real_classes(tmp_path):
+    src = make_source(tmp_path / 'src', n=6)
+    want = listed(src)
+    assert len(want) == 7 and {label for _, label in want} == {'animals', 'plants'}
+    os.symlink('..', src / 'animals' / 'loop')           # animals/loop/plants/... would be "animals"
+    assert listed(src) == want
+    os.symlink('../plants', src / 'plants' / 'self')     # a second loop: exponential without the fix
+    os.symlink('../animals', src / 'plants' / 'other')
+    assert listed(src) == want
+    os.symlink('plants', src / 'a_shortcut')             # listed before plants: plants keeps its class
+    assert listed(src) == want
+    assert build(src, tmp_path / 'out', '--test-count', '2') == 0
+    labels = json.loads((tmp_path / 'out' / 'labels.json').read_text())
+    assert len(labels) == 6 and set(labels.values()) == {'animals', 'plants'}  # 6 distinct images, real classes
+
+
+def test_symlinked_folder_outside_the_source_is_followed_once(tmp_path):
+    src = make_source(tmp_path / 'src', n=4)
+    outside = tmp_path / 'elsewhere'
+    outside.mkdir()
+    Image.new('RGB', (20, 20), 'red').save(outside / 'red.png')
+    os.symlink(outside, src / 'linked')
+    os.symlink(outside, src / 'linked_again')
+    os.symlink(tmp_path / 'missing', src / 'broken')
+    got = listed(src)
+    assert [x for x in got if x[1] not in ('animals', 'plants')] == [(os.path.join('linked', 'red.png'), 'linked')]
 
 
 def test_bad_flags_rejected():

@@ -200,3 +200,71 @@ def test_cli_from_inside_its_folder_prints_fid_last(tmp_path, weights):
     assert float(last.split()[-1]) == pytest.approx(api, rel=1e-4, abs=1e-6)  # float32 features: thread counts differ
     saved = json.loads((tmp_path / 'r' / 'results.json').read_text())
     assert saved['fid'] == float(last.split()[-1]) and saved['ground_truth'] == csv and saved['dims'] == 64
+
+
+# ----------------------------------------------------------------------------- silent wrong results, lost results
+
+def write_stats(path, dims=64, seed=0, nan=False):
+    g = np.random.default_rng(seed)
+    a = g.normal(size=(3 * dims, dims))
+    mu, sigma = a.mean(0), np.cov(a, rowvar=False)
+    if nan:
+        mu[3] = np.nan
+    np.savez_compressed(path, mu=mu, sigma=sigma)
+    return str(path)
+
+
+def test_sets_of_different_sizes_are_warned_about(tmp_path, weights, capsys):
+    pred = str(write_folder(tmp_path / 'pred', rand_images(5, seed=1)))
+    csv = str(tmp_path / 'gt.csv')
+    write_gt_csv(rand_images(7, seed=2), csv)
+    fid = fs.compute_fid(pred, csv, batch_size=8, num_workers=0, device='cpu', dims=64, weights=weights)
+    warns = [line for line in capsys.readouterr().err.splitlines() if line.startswith('warning')]
+    assert np.isfinite(fid) and len(warns) == 1 and '5 predicted images' in warns[0] and '7 ground-truth' in warns[0]
+    write_gt_csv(rand_images(5, seed=2), csv)
+    fs.compute_fid(pred, csv, batch_size=8, num_workers=0, device='cpu', dims=64, weights=weights)
+    assert 'warning' not in capsys.readouterr().err
+
+
+def test_nan_statistics_or_fid_are_errors_not_a_value(tmp_path, monkeypatch, capsys):
+    good, bad = write_stats(tmp_path / 'good.npz'), write_stats(tmp_path / 'bad.npz', nan=True)
+    with pytest.raises(SystemExit) as e:
+        fs.main(['--predicted-path', bad, '--gt-path', good, '--dims', '64', '--device', 'cpu'])
+    assert e.value.code not in (0, None) and 'bad.npz' in str(e.value) and 'NaN' in str(e.value)
+    assert '\n' not in str(e.value) and 'FID' not in capsys.readouterr().out
+    monkeypatch.setattr(fs, 'frechet_distance', lambda *a, **k: float('nan'))
+    with pytest.raises(SystemExit) as e:
+        fs.main(['--predicted-path', good, '--gt-path', good, '--dims', '64', '--device', 'cpu'])
+    assert e.value.code not in (0, None) and 'FID is nan' in str(e.value) and '\n' not in str(e.value)
+    assert 'FID' not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('flag', ['--json-out', '--save-stats'])
+def test_unwritable_outputs_are_refused_before_the_computation(tmp_path, monkeypatch, flag):
+    (tmp_path / 'a_file').write_text('x')
+    pred = write_stats(tmp_path / 'pred.npz', seed=1)
+    gt = str(write_folder(tmp_path / 'gt', rand_images(3)))
+
+    def no_computation(*a, **k):
+        raise AssertionError('the statistics were computed before the output path was checked')
+    monkeypatch.setattr(fs, 'activation_statistics', no_computation)
+    with pytest.raises(SystemExit) as e:
+        fs.main(['--predicted-path', pred, '--gt-path', gt, '--dims', '64', '--device', 'cpu',
+                 flag, str(tmp_path / 'a_file' / 'out.x')])
+    msg = str(e.value)
+    assert msg.startswith('error: ') and flag in msg and 'a_file' in msg and '\n' not in msg, msg
+
+
+def test_a_failed_write_never_loses_the_computed_fid(tmp_path, monkeypatch, capsys):
+    pred, gt = write_stats(tmp_path / 'pred.npz', seed=1), write_stats(tmp_path / 'gt.npz', seed=2)
+
+    def disk_full(*a, **k):
+        raise OSError(28, 'No space left on device', str(tmp_path / 'r.json'))
+    monkeypatch.setattr(fs, 'atomic_open', disk_full)
+    with pytest.raises(SystemExit) as e:
+        fs.main(['--predicted-path', pred, '--gt-path', gt, '--dims', '64', '--device', 'cpu',
+                 '--json-out', str(tmp_path / 'r.json')])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out and out[-1].startswith('FID:  ')
+    assert float(out[-1].split()[-1]) == pytest.approx(fs.compute_fid(pred, gt, device='cpu', dims=64))
+    assert e.value.code not in (0, None) and 'No space left' in str(e.value) and '\n' not in str(e.value)

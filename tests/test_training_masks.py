@@ -1,0 +1,242 @@
+"""Test-like holes at training time, validation masks, the mask-robust encoder, and checks before saving."""
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import inpainting  # noqa: E402
+import prepare_dataset  # noqa: E402
+import training_encoder as te  # noqa: E402
+import training_transformer as tt  # noqa: E402
+from models.maskgit import MaskGit  # noqa: E402
+from models.masks import (fill_holes, hole_fraction, make_mask, mask_rng, normalised_fill, pixel_mask_bank,  # noqa: E402
+                          token_mask_bank)
+from models.vqgan import VQGAN  # noqa: E402
+from utils import MASK_FILL, latent_mask, load_checkpoint, sha256_file  # noqa: E402
+
+torch.set_num_threads(1)
+TINY_VQ = dict(image_channels=3, enc_channels=[8, 8, 16], dec_channels=[8, 16], latent_dim=8, img_resolution=16,
+               latent_resolution=4, num_codebook_vectors=16, beta=0.25, gn_groups=4, enc_res_blocks=1,
+               dec_res_blocks=1, l2_codes=True)
+K, N = 16, 16
+
+
+def tiny_mp():
+    return dict(VQ_Configs={}, num_image_tokens=N, num_codebook_vectors=K, choice_temperature=4.5, gamma_type='cosine',
+                Transformer_param=dict(num_image_tokens=N, num_codebook_vectors=K, dim=32, n_layers=1, hidden_dim=32,
+                                       num_heads=4, dropout=0.0))
+
+
+# ----------------------------------------------------------------------------- masks
+
+def test_training_holes_have_the_test_masks_fractions_and_token_rule():
+    pixels = pixel_mask_bank(40, 64, seed=0)                                   # [40, 1, 64, 64], 1 = keep
+    fracs = 1 - pixels.mean((1, 2, 3))
+    assert pixels.shape == (40, 1, 64, 64) and set(pixels.unique().tolist()) == {0.0, 1.0}
+    assert (fracs >= 0.1 - 1e-9).all() and (fracs <= 0.5 + 1e-9).all()
+    tokens = token_mask_bank(40, 64, 4, seed=0)                                 # [40, 256], True = unknown
+    assert torch.equal(tokens, latent_mask(pixels, 4).flatten(1))
+    # a token is unknown iff any of its 16 pixels is a hole: never fewer unknown tokens than hole area
+    assert (tokens.float().mean(1) >= fracs - 1e-9).all()
+    assert torch.equal(tokens, token_mask_bank(40, 64, 4, seed=0)) and not torch.equal(tokens, token_mask_bank(40, 64, 4, seed=1))
+
+
+def test_mask_streams_are_deterministic_and_disjoint():
+    masks = {s: [np.asarray(make_mask(64, mask_rng(0, s, i), 0.1, 0.5)) for i in range(12)] for s in ('test', 'val', 'train')}
+    again = [np.asarray(make_mask(64, mask_rng(0, 'val', i), 0.1, 0.5)) for i in range(12)]
+    assert all(np.array_equal(a, b) for a, b in zip(masks['val'], again))
+    # the test stream is the one the shipped test masks were built with: (seed, i)
+    assert all(np.array_equal(a, np.asarray(make_mask(64, np.random.default_rng([0, i]), 0.1, 0.5)))
+               for i, a in enumerate(masks['test']))
+    for a, b in (('test', 'val'), ('test', 'train'), ('val', 'train')):
+        assert not any(np.array_equal(x, y) for x in masks[a] for y in masks[b]), (a, b)
+
+
+def test_prepare_dataset_writes_fixed_val_masks(tmp_path):
+    rng = np.random.default_rng(0)
+    src = tmp_path / 'src'
+    src.mkdir()
+    for i in range(30):
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(src / f'{i}.png')
+    outs = []
+    for run in ('a', 'b'):
+        assert prepare_dataset.main(['--source', str(src), '--out', str(tmp_path / run), '--image-size', '16',
+                                     '--test-count', '5', '--val-frac', '0.3', '--workers', '1']) == 0
+        outs.append(tmp_path / run)
+    a, b = outs
+    val = sorted(p.name for p in (a / 'val').iterdir())
+    assert len(val) == 8 and sorted(p.name for p in (a / 'val_masked_image').iterdir()) == val
+    assert sorted(p.name for p in (a / 'val_mask64').iterdir()) == [v.replace('image', 'mask') for v in val]
+    for name in val:
+        m = np.asarray(Image.open(a / 'val_mask64' / name.replace('image', 'mask')))
+        assert np.array_equal(m, np.asarray(Image.open(b / 'val_mask64' / name.replace('image', 'mask'))))
+        assert 0.1 <= hole_fraction(Image.fromarray(m)) <= 0.5
+        gt, shown = (np.asarray(Image.open(d / name)) for d in (a / 'val', a / 'val_masked_image'))
+        assert (shown[m == 0] == MASK_FILL).all() and np.array_equal(shown[m == 255], gt[m == 255])
+    rows = np.loadtxt(a / 'val_gt.csv', delimiter=',', skiprows=1, dtype=np.int64, ndmin=2)
+    assert rows.shape == (8, 16 * 16 * 3)
+
+
+def test_hole_masking_stays_in_the_hole_and_follows_gamma():
+    m = MaskGit(tiny_mp())
+    z = torch.randint(0, K, (4, N))
+    region = torch.zeros(4, N, dtype=torch.bool)
+    region[0, :5], region[1, 3:13], region[2] = True, True, True
+    region[3, 7] = True
+    r = torch.tensor([0.0, 0.5, 0.9, 0.3])
+    masked, mask = m.mask_tokens(z, r, torch.rand(4, N), region)
+    assert not (mask & ~region).any()                                   # never outside the hole
+    sizes = [5, 10, 16, 1]
+    want = [math.ceil(math.cos(math.pi / 2 * float(ri)) * n) for ri, n in zip(r, sizes)]
+    assert mask.sum(1).tolist() == want                                  # ceil(gamma(r) * |hole|)
+    assert torch.equal(masked[~mask], z[~mask]) and (masked[mask] == K).all()
+
+
+def test_hole_rows_mix_cached_holes_and_paper_masks():
+    r, scores, use, variant = tt.draw_masks(torch.Generator().manual_seed(0), 400, N, 0.5, 3)
+    assert 150 < use.sum() < 250 and set(variant.tolist()) == {0, 1, 2}   # ~half of 400 (binomial sd 10)
+    context = torch.randint(0, K, (10, 3, N))
+    holes = torch.rand(10, 3, N) < 0.4
+    idx = torch.randint(0, 10, (400,))
+    region, ctx = tt.hole_rows(idx, use, variant, (context, holes))
+    assert torch.equal(region[use], holes[idx, variant][use]) and region[~use].all()
+    assert torch.equal(ctx, context[idx, variant])
+    assert tt.hole_rows(idx, use, variant, None) == (None, None)
+
+
+def test_context_outside_the_hole_is_what_the_model_reads():
+    m = MaskGit(tiny_mp()).eval()
+    z, other = torch.randint(0, K, (2, N)), torch.randint(0, K, (2, N))
+    region = torch.zeros(2, N, dtype=torch.bool)
+    region[:, :6] = True
+    seen = []
+    m.transformer.forward = lambda t: seen.append(t) or torch.zeros(*t.shape, K + 1)
+    _, target, mask = m(z, torch.tensor([0.5, 0.0]), torch.rand(2, N), region, other)
+    shown = seen[0]
+    assert torch.equal(target, z)                                         # targets: the clean tokens
+    assert torch.equal(shown[:, 6:], other[:, 6:])                        # outside the hole: the context
+    assert torch.equal(shown[region & ~mask], z[region & ~mask])          # revealed hole tokens: clean
+    assert (shown[mask] == K).all() and mask[1, :6].all()
+
+
+def test_cli_default_decodes_by_argmax():
+    assert vars(inpainting.parse_args([])) == vars(inpainting.parse_args(['--temperature', '0']))
+
+
+# ----------------------------------------------------------------------------- the mask-robust encoder
+
+def test_encoder_distillation_raises_known_token_agreement():
+    torch.manual_seed(0)
+    teacher = VQGAN(TINY_VQ).eval()
+    student = VQGAN(TINY_VQ)
+    student.load_state_dict(teacher.state_dict())
+    fill = normalised_fill((0.5,) * 3, (0.25,) * 3)
+    assert torch.allclose(fill * 0.25 + 0.5, torch.tensor(MASK_FILL) / 255)
+    x = torch.randn(16, 3, 16, 16)
+    keep = torch.ones(16, 1, 16, 16)
+    keep[:, :, 4:12, 6:14] = 0                                         # one hole, the same in every image
+    masked = fill_holes(x, keep, fill)
+    assert torch.equal(masked[:, :, 4:12, 6:14], fill[None, :, None, None].expand(16, 3, 8, 8))
+    with torch.no_grad():
+        z_t = te.features(teacher, x)
+        codes = teacher.codebook.distances(z_t).argmin(1)
+    known = ~latent_mask(keep, 4).flatten()
+    agree = lambda: (student.encode_indices(masked).flatten() == codes)[known].float().mean().item()
+    before = agree()
+    opt = torch.optim.Adam(list(student.encoder.parameters()) + list(student.quant_conv.parameters()), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        loss = te.distill_loss(student, z_t, codes, masked, known, 0.02, 1.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    assert agree() > before + 0.2, (before, agree())
+    # only the encoder and quant_conv were trained: the codebook and decoder are the teacher's
+    sd_s, sd_t = student.state_dict(), teacher.state_dict()
+    assert all(torch.equal(sd_s[k], sd_t[k]) for k in sd_t if not k.startswith(('encoder.', 'quant_conv.')))
+
+
+# ----------------------------------------------------------------------------- no unchecked weights saved
+
+@pytest.fixture(scope='module')
+def lab(tmp_path_factory):
+    d = tmp_path_factory.mktemp('lab')
+    rng = np.random.default_rng(0)
+    for split, n in (('train', 12), ('val', 4)):
+        (d / split).mkdir()
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(d / split / f'image_{i:05d}.png')
+    (d / 'val_mask64').mkdir()
+    (d / 'val_masked_image').mkdir()
+    for i in range(4):
+        m = np.asarray(make_mask(16, mask_rng(0, 'val', i), 0.1, 0.5))
+        Image.fromarray(m).save(d / 'val_mask64' / f'mask_{i:05d}.png')
+        shown = np.asarray(Image.open(d / 'val' / f'image_{i:05d}.png')).copy()
+        shown[m == 0] = MASK_FILL
+        Image.fromarray(shown).save(d / 'val_masked_image' / f'image_{i:05d}.png')
+    (d / 'vq.yml').write_text(yaml.safe_dump({'model_param': TINY_VQ}))
+    torch.manual_seed(0)
+    torch.save(VQGAN(TINY_VQ).state_dict(), d / 'vq.pt')
+    mp = dict(tiny_mp(), VQ_Configs=dict(VQ_config_path=str(d / 'vq.yml'), VQ_CKPT_path=str(d / 'vq.pt')))
+    train = dict(epochs=1, batch_size=4, accum_grad=1, learning_rate=3e-3, warmup_steps=1, save_per_epoch=0,
+                 cache_dir=str(d / 'cache'), hole_mask_frac=0.5, mask_bank=32, context_variants=2)
+    (d / 'mg.yml').write_text(yaml.safe_dump({'model_param': mp, 'train': train}))
+    return d
+
+
+def run_args(lab, out, *extra):
+    return ['--MaskGitConfig', str(lab / 'mg.yml'), '--train_d_path', str(lab / 'train'), '--val_d_path',
+            str(lab / 'val'), '--checkpoint-path', str(out / 'last_ckpt.pt'), '--device', 'cpu', '--num_workers', '0',
+            *extra]
+
+
+def test_hole_training_logs_val_hole_accuracy(lab, tmp_path):
+    tt.main(run_args(lab, tmp_path))
+    row = open(tmp_path / 'log.csv').read().splitlines()
+    assert row[0].split(',')[6] == 'val_hole_acc' and 0 <= float(row[1].split(',')[6]) <= 1
+
+
+def test_an_exploding_update_is_never_saved(lab, tmp_path):
+    one_step = ('--batch-size', '24')                                   # 12 images + flips: one step per epoch
+    tt.main(run_args(lab, tmp_path, *one_step))                         # one good epoch
+    good = {f: sha256_file(tmp_path / f) for f in ('last_ckpt.pt', 'train_state.pt')}
+    # lr 1e6: epoch 2's only loss is computed before its update and is fine; the updated weights are not
+    with pytest.raises(tt.TrainingDiverged, match='stopped before saving'):
+        tt.main(run_args(lab, tmp_path, *one_step, '--resume', '--epochs', '2', '--learning-rate', '1e6'))
+    assert {f: sha256_file(tmp_path / f) for f in good} == good
+    assert load_checkpoint(tmp_path / 'train_state.pt')['epoch'] == 1
+    assert not (tmp_path / 'transformer_epoch_2.pt').exists()
+
+
+def test_context_cache_is_the_masked_image_encoded_and_is_reused(lab, tmp_path):
+    from models.token_cache import load_context_tokens, load_tokens
+    from models.vqgan import load_vqgan
+    from utils import ImageDataset, TRAIN_MEAN, TRAIN_STD
+    vq = load_vqgan(str(lab / 'vq.yml'), str(lab / 'vq.pt'))
+    calls = []
+    get = lambda: calls.append(1) or vq
+    bank = pixel_mask_bank(8, 16, seed=0)
+    args = (str(lab / 'train'), str(lab / 'vq.yml'), str(lab / 'vq.pt'), str(tmp_path), get, bank, 2, 0)
+    context, holes = load_context_tokens(*args)
+    assert context.shape == (24, 2, N) and holes.shape == (24, 2) and calls == [1]
+    clean = load_tokens(str(lab / 'train'), str(lab / 'vq.yml'), str(lab / 'vq.pt'), str(tmp_path), get)
+    x = ImageDataset(str(lab / "train"), 1.0, TRAIN_MEAN, TRAIN_STD)[2]            # image 2, flipped: row 5
+    keep = bank[holes[5, 1]]
+    masked = x.flip(-1) * keep + normalised_fill(TRAIN_MEAN, TRAIN_STD)[:, None, None] * (1 - keep)
+    assert torch.equal(context[5, 1], vq.encode_indices(masked[None])[0])
+    assert not torch.equal(context[5, 1], clean[5].long())                        # the hole changed some codes
+    again = load_context_tokens(*args)
+    assert calls == [1, 1] and torch.equal(again[0], context)                       # reused: no encode
+    load_context_tokens(*args[:5], pixel_mask_bank(8, 16, seed=1), 2, 0)            # another bank: stale
+    assert calls == [1, 1, 1]
