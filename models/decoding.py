@@ -55,7 +55,8 @@ def uniforms(seeds, step, stream, num_tokens):
 def mask_schedule(n_unknown, total_iter, gamma):
     """Tokens still masked after each step, [T, B] long.
 
-    floor(n_unknown * gamma((t+1)/T)), but at least one token revealed per step while any remain,
+    The official MaskGIT rule: floor(n_unknown * gamma((t+1)/T)), at most one fewer than the step before,
+    but at least one kept masked before the last step while any remain (max(1, min(prev - 1, ...))),
     and none left after the last step.
     """
     n_unknown = torch.as_tensor(n_unknown, dtype=torch.int64)
@@ -63,7 +64,7 @@ def mask_schedule(n_unknown, total_iter, gamma):
     for t in range(total_iter):
         g = float(gamma((t + 1) / total_iter))
         k = torch.floor(n_unknown.double() * g).long()
-        k = torch.minimum(k, (prev - 1).clamp(min=0)).clamp(min=0)
+        k = torch.where(prev > 0, torch.minimum(k, prev - 1).clamp(min=1), 0)
         if t == total_iter - 1:
             k = torch.zeros_like(k)
         counts.append(k)

@@ -1,4 +1,5 @@
 """Batched Gumbel-confidence decoding (models/decoding.py) and the inpainting.py script."""
+import copy
 import math
 import random
 import sys
@@ -14,7 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import inpainting  # noqa: E402
-from models.decoding import _hash32, _sample, decode, generate, image_seeds, mask_schedule, uniforms  # noqa: E402
+from models.baselines import have_opencv  # noqa: E402
+from models.decoding import (_GUMBEL, _SAMPLE, _hash32, _sample, decode, generate, image_seeds,  # noqa: E402
+                             mask_schedule, uniforms)
 from models.maskgit import MaskGit, gamma_func  # noqa: E402
 from models.transformer import BidirectionalTransformer  # noqa: E402
 from models.vqgan import VQGAN  # noqa: E402
@@ -45,10 +48,14 @@ def transformer():
     return m
 
 
-def row_model(mask_logit=0.0):
-    """logits_fn whose row b depends only on row b's tokens; the mask class gets `mask_logit`."""
+def row_model(mask_logit=0.0, dtype=torch.float32):
+    """logits_fn whose row b depends only on row b's tokens; the mask class gets `mask_logit`.
+
+    dtype=torch.float64 for comparisons across batch sizes: fp32 matmuls may round differently for another
+    number of rows, float64 differences (~1e-16) vanish when decode casts the logits to fp32."""
     g = torch.Generator().manual_seed(1)
     emb, w, pos = torch.randn(K + 1, 8, generator=g), torch.randn(8, K + 1, generator=g) * 2, torch.randn(N, K + 1, generator=g)
+    emb, w, pos = emb.to(dtype), w.to(dtype), pos.to(dtype)
 
     def fn(tokens):
         x = emb[tokens]                                             # [B, N, 8]
@@ -71,6 +78,22 @@ def random_problem(counts, seed=0):
 def run(fn, tokens, unknown, seeds=None, **kw):
     seeds = torch.arange(len(tokens)) + 100 if seeds is None else seeds
     return decode(fn, tokens, unknown, seeds, kw.pop('gamma', COSINE), K, **kw)
+
+
+def official_counts(n, total_iter, gamma):
+    """Tokens still masked after each step by the official MaskGIT decoder (maskgit/libml/parallel_decode.py),
+    written out independently: after step t < T-1, with r = (t+1)/T and `prev` tokens masked before the
+    step, mask_len = max(1, min(prev - 1, floor(n * gamma(r)))); the last step's samples are the output
+    (none masked). A row with nothing masked has nothing to keep masked."""
+    counts, prev = [], n
+    for t in range(total_iter):
+        if t == total_iter - 1 or prev == 0:
+            k = 0
+        else:
+            k = max(1, min(prev - 1, math.floor(n * gamma((t + 1) / total_iter))))
+        counts.append(k)
+        prev = k
+    return counts
 
 
 # ----------------------------------------------------------------------------- RNG, sampler, schedule
@@ -112,13 +135,34 @@ def test_inverse_cdf_sampler_frequencies():
 
 
 def test_schedule_counts_by_hand():
-    # floor(256 cos(pi/2 (t+1)/8)) computed by hand; n=3 shows the at-least-one-per-step rule
-    counts = mask_schedule(torch.tensor([256, 3, 1, 0]), 8, COSINE)
+    # floor(256 cos(pi/2 (t+1)/8)) computed by hand (small holes: test_small_holes_follow_official_rule)
+    counts = mask_schedule(torch.tensor([256, 0]), 8, COSINE)
     assert counts[:, 0].tolist() == [251, 236, 212, 181, 142, 97, 49, 0]
-    assert counts[:, 1].tolist() == [2, 1, 0, 0, 0, 0, 0, 0]
-    assert counts[:, 2].tolist() == [0] * 8 and counts[:, 3].tolist() == [0] * 8
+    assert counts[:, 1].tolist() == [0] * 8
     assert mask_schedule(torch.tensor([100]), 4, gamma_func('linear'))[:, 0].tolist() == [75, 50, 25, 0]
     assert mask_schedule(torch.tensor([100]), 4, gamma_func('square'))[:, 0].tolist() == [93, 75, 43, 0]
+
+
+@pytest.mark.parametrize('mode', ['cosine', 'linear', 'square', 'arccos', 'root'])
+def test_schedule_follows_official_maskgit_rule(mode):
+    # holes of at least 2T tokens (the course's test holes have dozens); smaller ones: the test below
+    g = gamma_func(mode)
+    ns = [256, 200, 101, 64, 40, 33]
+    for total_iter in (1, 2, 4, 7, 8, 12, 16):
+        got = mask_schedule(torch.tensor(ns), total_iter, g)                  # [T, B]
+        for b, n in enumerate(ns):
+            assert got[:, b].tolist() == official_counts(n, total_iter, g), (mode, total_iter, n)
+
+
+def test_small_holes_follow_official_rule():
+    assert official_counts(3, 8, COSINE) == [2, 1, 1, 1, 1, 1, 1, 0]          # by hand
+    assert official_counts(1, 8, COSINE) == [1, 1, 1, 1, 1, 1, 1, 0]
+    for mode in ('cosine', 'root'):
+        g = gamma_func(mode)
+        for total_iter in (4, 8, 16):
+            ns = list(range(2 * total_iter))
+            got = mask_schedule(torch.tensor(ns), total_iter, g)
+            assert [got[:, b].tolist() for b in range(len(ns))] == [official_counts(n, total_iter, g) for n in ns]
 
 
 def test_latent_mask_from_hand_made_pixel_mask():
@@ -147,7 +191,7 @@ def test_known_tokens_never_change_and_reveals_are_final(transformer):
 
 
 def test_masked_count_after_each_step_follows_schedule(transformer):
-    counts = [64, 40, 9, 1, 0]
+    counts = [64, 40, 14, 0]  # at least 2T = 14 (see test_small_holes_follow_official_rule)
     tokens, unknown = random_problem(counts)
     for mode in ('cosine', 'linear', 'square', 'arccos', 'root'):
         g = gamma_func(mode)
@@ -155,14 +199,76 @@ def test_masked_count_after_each_step_follows_schedule(transformer):
         got = out.masks.sum(2)                                        # [T+1, B]
         assert got[0].tolist() == counts
         for b, n in enumerate(counts):
-            prev = n
-            for t in range(7):
-                want = 0 if t == 6 else min(math.floor(n * g((t + 1) / 7)), max(prev - 1, 0))
-                assert got[t + 1, b].item() == want, (mode, b, t)
-                prev = want
+            assert got[1:, b].tolist() == official_counts(n, 7, g), (mode, b)
+
+
+# Confidence by hand: 8 tokens, 2 codes, logits fixed whatever the input, so every step's log p is known.
+# Probability of code 0 per position, for two images:
+CONF_P = [[0.9, 0.8, 0.7, 0.6, 0.55, 0.65, 0.75, 0.85], [0.6, 0.95, 0.7, 0.52, 0.8, 0.58, 0.9, 0.66]]
+
+
+def still_masked_by_hand(seeds, total_iter, choice_temperature, temperature, variant=None):
+    """Masks after each step (lists of bools), written from the paper's rule with plain floats: each masked
+    token's code is sampled (argmax at temperature 0, else code 0 iff u_sample <= p0^(1/tau) / (p0^(1/tau) +
+    p1^(1/tau))), conf = log p(sampled) under the model's own softmax + choice_temperature * (1 - r) *
+    gumbel, gumbel = -log(-log(u_gumbel)), r = (t+1)/T; the official_counts(...)[t] least confident stay
+    masked. `variant` names a wrong formula, to show the test tells it apart. Also returns the smallest
+    gap at a cut between kept and revealed confidences."""
+    n = len(CONF_P[0])
+    counts = official_counts(n, total_iter, COSINE)
+    masked = [[True] * n for _ in CONF_P]
+    steps, gaps = [], []
+    for t in range(total_iter):
+        r = t / total_iter if variant == 'r = t/T' else (t + 1) / total_iter
+        anneal = r if variant == 'factor r' else 1 - r
+        u_gumbel = uniforms(seeds, t, _SAMPLE if variant == 'sample stream' else _GUMBEL, n).tolist()
+        u_sample = uniforms(seeds, t, _SAMPLE, n).tolist()
+        for b, probs in enumerate(CONF_P):
+            conf = {}
+            for i in [i for i in range(n) if masked[b][i]]:
+                p0 = probs[i]
+                if temperature == 0:
+                    code0 = p0 > 0.5
+                else:
+                    q0 = p0 ** (1 / temperature) / (p0 ** (1 / temperature) + (1 - p0) ** (1 / temperature))
+                    code0 = u_sample[b][i] <= q0
+                p = p0 if code0 else 1 - p0
+                if variant == 'tempered p':
+                    p = q0 if code0 else 1 - q0
+                logp = p if variant == 'p, not log p' else math.log(p)
+                gumbel = -math.log(-math.log(u_gumbel[b][i]))
+                conf[i] = logp + (0.0 if variant == 'no noise' else choice_temperature * anneal * gumbel)
+            order = sorted(conf, key=conf.get)
+            k = counts[t]
+            if 0 < k < len(order):
+                gaps.append(conf[order[k]] - conf[order[k - 1]])
+            masked[b] = [i in order[:k] for i in range(n)]
+        steps.append([row[:] for row in masked])
+    return steps, min(gaps)
+
+
+@pytest.mark.parametrize('temperature,variants', [
+    (0.0, ['r = t/T', 'factor r', 'no noise', 'p, not log p', 'sample stream']),
+    (2.0, ['tempered p', 'r = t/T', 'factor r'])])
+def test_confidence_is_logp_plus_annealed_gumbel(temperature, variants):
+    p = torch.tensor(CONF_P, dtype=torch.float64)
+    logits = torch.stack([p.log(), (1 - p).log(), torch.zeros_like(p)], -1).float()  # [2, 8, 3]; id 2 = mask
+    fn = lambda tokens: logits.clone()
+    seeds, T, ct = image_seeds(0, [0, 1]), 4, 0.5
+    out = decode(fn, torch.zeros(2, 8, dtype=torch.long), torch.ones(2, 8, dtype=torch.bool), seeds, COSINE, 2,
+                 total_iter=T, temperature=temperature, choice_temperature=ct)
+    want, gap = still_masked_by_hand(seeds, T, ct, temperature)
+    # decode's log p is fp32 (error ~1e-7): the hand ranking holds if no cut is closer than that
+    assert gap > 1e-4
+    assert out.masks[1:].tolist() == want
+    for v in variants:  # each wrong formula keeps other tokens masked on this problem
+        assert still_masked_by_hand(seeds, T, ct, temperature, v)[0] != want, v
 
 
 def test_batched_equals_single_image_runs(transformer):
+    # float64 weights: an fp32 forward pass may round differently for another batch size, which could flip
+    # a near-tie; float64 differences vanish in decode's cast of the logits to fp32
+    transformer = copy.deepcopy(transformer).double()
     tokens, unknown = random_problem([64, 31, 10, 1, 0], seed=3)
     seeds = image_seeds(5, [4, 9, 1, 7, 2])
     for kw in (dict(), dict(temperature=0.0), dict(sweet_spot=3, temperature=2.0)):
@@ -175,7 +281,7 @@ def test_batched_equals_single_image_runs(transformer):
 
 
 def test_per_row_schedules_equal_separate_runs():
-    fn = row_model()
+    fn = row_model(dtype=torch.float64)  # batches of 3, 1 and 2 compared
     tokens, unknown = random_problem([50, 50, 20])
     seeds = image_seeds(0, [0, 1, 2])
     lin, cos = gamma_func('linear'), COSINE
@@ -309,12 +415,18 @@ def test_script_outputs_and_batch_invariance(lab, tmp_path):
     assert cli(lab, tmp_path / 'a', '--batch-size', '2') == 0
     assert cli(lab, tmp_path / 'b', '--batch-size', '1') == 0
     tile = IMG + 2
+    png = lambda run, sub, name: np.asarray(Image.open(tmp_path / run / sub / name)).astype(int)
     for i in IDS:
-        a = np.asarray(Image.open(tmp_path / 'a' / 'test_results' / f'image_{i:03d}.png'))
+        # Batch invariance: the tokens, hence the latent masks drawn in mask_scheduling/, must be identical.
+        # Pixels come from the fp32 VQGAN decoder, whose kernels may sum in another order for another batch
+        # size: a last-bit difference can carry a value across a uint8 rounding boundary, one level at most.
+        a = png('a', 'test_results', f'image_{i:03d}.png')
         assert a.shape == (IMG, IMG, 3)
-        assert np.array_equal(a, np.asarray(Image.open(tmp_path / 'b' / 'test_results' / f'image_{i:03d}.png')))
-        sched = np.asarray(Image.open(tmp_path / 'a' / 'mask_scheduling' / f'test_{i}.png'))
-        steps = np.asarray(Image.open(tmp_path / 'a' / 'imga' / f'test_{i}.png'))
+        assert np.abs(a - png('b', 'test_results', f'image_{i:03d}.png')).max() <= 1
+        assert np.abs(png('a', 'imga', f'test_{i}.png') - png('b', 'imga', f'test_{i}.png')).max() <= 1
+        sched = png('a', 'mask_scheduling', f'test_{i}.png')
+        assert np.array_equal(sched, png('b', 'mask_scheduling', f'test_{i}.png'))
+        steps = png('a', 'imga', f'test_{i}.png')
         assert sched.shape == steps.shape == (tile + 2, 5 * tile + 2, 3)   # 4 steps + start / input
         # first tile: the latent mask of the hand-made pixel mask (white = known), last tile all known
         first = sched[2:2 + IMG, 2:2 + IMG, 0][::IMG // LAT, ::IMG // LAT] == 255
@@ -347,14 +459,19 @@ def test_gallery_rows_input_steps_result_ground_truth(lab, tmp_path, capsys):
         Image.new('RGB', (IMG, IMG), (40 * k, 0, 0)).save(gt / f'image_{i:03d}.png')
     assert cli(lab, tmp_path / 'o', '--gallery', '2', '--gt-path', str(gt)) == 0
     tile = IMG + 2
+    telea = int(have_opencv())  # OpenCV's Telea fill gets a column before the ground truth when installed
     g = np.asarray(Image.open(tmp_path / 'o' / 'gallery.png'))
-    assert g.shape == (2 * tile + 2, 7 * tile + 2, 3)  # 2 images x (input, 4 steps, result, ground truth)
+    assert g.shape == (2 * tile + 2, (7 + telea) * tile + 2, 3)  # 2 x (input, 4 steps, result, [Telea], truth)
     for row, i in enumerate(IDS[:2]):
         y = 2 + row * tile
         cell = lambda c: g[y:y + IMG, 2 + c * tile:2 + c * tile + IMG].astype(int)
-        assert np.abs(cell(0) - np.asarray(Image.open(lab / 'img' / f'image_{i:03d}.png'))).max() <= 1
+        inp = np.asarray(Image.open(lab / 'img' / f'image_{i:03d}.png')).astype(int)
+        assert np.abs(cell(0) - inp).max() <= 1
         assert np.array_equal(cell(5), np.asarray(Image.open(tmp_path / 'o' / 'test_results' / f'image_{i:03d}.png')))
-        assert np.array_equal(cell(6), np.asarray(Image.open(gt / f'image_{i:03d}.png')))
+        if telea:  # Telea only fills the holes
+            keep = hole_mask(i) == 255
+            assert np.abs(cell(6)[keep] - inp[keep]).max() <= 1
+        assert np.array_equal(cell(6 + telea), np.asarray(Image.open(gt / f'image_{i:03d}.png')))
     (gt / 'image_003.png').unlink()
     capsys.readouterr()
     err = _error(capsys, cli(lab, tmp_path / 'p', '--gallery', '1', '--gt-path', str(gt)))
