@@ -23,13 +23,12 @@ from tqdm import tqdm
 
 from models.baselines import have_opencv, opencv_fill
 from models.decoding import decode, image_seeds, mask_schedule
-from models.maskgit import MaskGit, gamma_func, transformer_state_dict
+from models.maskgit import SCHEDULES, MaskGit, gamma_func, transformer_state_dict
 from models.vqgan import load_vqgan
 from utils import (PairedTestDataset, atomic_save_image, check_writable, data_stats, denormalize, latent_mask,
                    load_checkpoint, load_config, load_rgb, load_state_dict_checked, pil_to_tensor01, resolve_device,
                    save_grid, tensor01_to_pil)
 
-SCHEDULES = ('cosine', 'linear', 'square', 'arccos', 'root')
 SUMMARY_IMAGES = 4  # images per row of schedules.png
 
 
@@ -48,7 +47,11 @@ def parse_args(argv=None):
     p.add_argument('--sweet-spot', type=int, default=-1,
                    help="stop after this step and fill the rest with the most likely tokens (<=0 or >= total: all steps)")
     p.add_argument('--total-iter', type=int, default=8, help="decoding steps T")
-    p.add_argument('--mask-func', default='cosine', choices=SCHEDULES, help="mask schedule gamma")
+    p.add_argument('--mask-func', default=None, choices=SCHEDULES,
+                   help="mask schedule gamma (default: the config's gamma_type)")
+    p.add_argument('--choice-temperature', type=float, default=None,
+                   help="scale of the Gumbel noise on the confidence, annealed by (1 - r) (default: the config's "
+                        "choice_temperature; 0 = reveal the most likely tokens first)")
     p.add_argument('--output-dir', default='.', help="where test_results/, mask_scheduling/, imga/ go")
     p.add_argument('--seed', type=int, default=0, help="run seed; each image's randomness is (seed, image number)")
     p.add_argument('--temperature', type=float, default=0.0,
@@ -68,6 +71,9 @@ def parse_args(argv=None):
         p.error("--total-iter must be >= 1")
     if not math.isfinite(args.temperature) or args.temperature < 0:
         p.error(f"--temperature must be a number >= 0, got {args.temperature}")
+    if args.choice_temperature is not None and not (math.isfinite(args.choice_temperature)
+                                                    and args.choice_temperature >= 0):
+        p.error(f"--choice-temperature must be a number >= 0, got {args.choice_temperature}")
     if not 0 < args.partial <= 1:  # also refuses nan
         p.error(f"--partial must be in (0, 1], got {args.partial}")
     return args
@@ -113,6 +119,9 @@ class Inpainter:
         self.vqgan = model.vqgan
         self.factor = self.vqgan.img_resolution // self.vqgan.latent_resolution
         self.amp = torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16, enabled=args.amp)
+        # unset flags take the config's values (model_param: gamma_type, choice_temperature)
+        self.mask_func = args.mask_func or model.gamma_type
+        self.choice_temperature = model.choice_temperature if args.choice_temperature is None else args.choice_temperature
 
     def logits(self, tokens):
         with self.amp:
@@ -137,7 +146,7 @@ class Inpainter:
             rows = torch.tensor([m == mode for m in modes])
             schedule[:, rows] = mask_schedule(counts[rows], a.total_iter, gamma_func(mode))
         return decode(self.logits, tokens, unknown, image_seeds(a.seed, ids), None, self.model.mask_token_id,
-                      a.total_iter, a.sweet_spot, a.temperature, self.model.choice_temperature, schedule)
+                      a.total_iter, a.sweet_spot, a.temperature, self.choice_temperature, schedule)
 
     def final(self, imgs, masks, out):
         """Decoded images, with the input's known pixels pasted back under --paste-known."""
@@ -216,7 +225,7 @@ def run(args):
     inp = Inpainter(model, args, mean, std)
     for k, (imgs, masks, ids) in enumerate(tqdm(loader, desc='inpainting', unit='batch')):
         imgs, masks = imgs.to(device), masks.to(device)
-        shown, steps, final = save_results(inp, imgs, masks, ids, inp(imgs, masks, ids, args.mask_func))
+        shown, steps, final = save_results(inp, imgs, masks, ids, inp(imgs, masks, ids, inp.mask_func))
         if k == 0:
             if args.gallery:
                 save_gallery(shown, steps, final, masks, ids, args.gt_path,

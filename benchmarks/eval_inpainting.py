@@ -132,7 +132,7 @@ def main(argv=None):
             gt = gt_all[pos:pos + len(ids)].to(device)
             pos += len(ids)
             if inp is not None:
-                out = inp.final(imgs, masks, inp(imgs, masks, ids, args.mask_func))
+                out = inp.final(imgs, masks, inp(imgs, masks, ids, inp.mask_func))
             else:
                 out = baseline(name, model, imgs, masks, gt, mean, std)
             for x, f in zip(out, data.images[pos - len(ids):pos]):

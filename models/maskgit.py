@@ -15,6 +15,8 @@ _GAMMAS = {
     'root': lambda r: 1 - torch.sqrt(r),
 }
 
+SCHEDULES = tuple(_GAMMAS)  # the names --mask-func and gamma_type accept
+
 
 def gamma_func(mode='cosine'):
     """Mask schedule gamma(r): fraction of tokens masked at progress r in [0, 1]; 1 at r=0, 0 at r=1.
