@@ -277,6 +277,11 @@ def train(args):
         model.train()
         save_grid(torch.cat([denormalize(grid_x, mean, std), denormalize(recon, mean, std)]),
                   os.path.join(run_dir, f'recon_epoch{epoch:03d}.png'), nrow=len(grid_x))
+        bad = next((n for n, p in [*model.named_parameters(), *disc.named_parameters()]
+                    if not torch.isfinite(p).all()), None)
+        if bad or not math.isfinite(metrics['val_l1']):  # the last update is checked before anything is saved
+            raise NonFiniteLoss(f"{'weight ' + bad if bad else 'validation L1'} is not finite after step {step} "
+                                f"(epoch {epoch}); nothing saved")
         is_best = metrics['val_psnr'] > best_psnr
         best_psnr = max(best_psnr, metrics['val_psnr'])
         ck = checkpoint(metrics)

@@ -11,7 +11,7 @@ from PIL import Image
 import training_vqgan
 from models.discriminator import Discriminator
 from models.vqgan import VQGAN, Codebook, load_vqgan
-from utils import load_checkpoint, load_config, load_state_dict_checked
+from utils import load_checkpoint, load_config, load_state_dict_checked, sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(image_channels=3, enc_channels=[8, 8, 16], dec_channels=[8, 8, 16], latent_dim=8,
@@ -266,3 +266,21 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(setup, straight_run, monk
     assert e.value.code != 0 and 'non-finite loss' in str(e.value) and 'last.pt' in str(e.value)
     assert hashlib.sha256((good / 'last.pt').read_bytes()).hexdigest() == digest
     assert load_checkpoint(good / 'last.pt')['epoch'] == 1
+
+
+def test_weights_wrecked_by_the_last_update_are_never_saved(setup, monkeypatch):
+    """The loss is checked before each update; the update that ends an epoch is checked before the save."""
+    d, _ = setup
+    training_vqgan.train(training_vqgan.parse_args(run_args(setup, 'wreck', '--epochs', '1')))
+    good = {f: sha256_file(d / 'wreck' / f) for f in ('last.pt', 'best.pt')}
+    real = training_vqgan.optimiser_step
+
+    def poison_last(opt, *a):
+        real(opt, *a)
+        with torch.no_grad():
+            opt.param_groups[0]['params'][0].fill_(float('nan'))
+    monkeypatch.setattr(training_vqgan, 'optimiser_step', poison_last)
+    with pytest.raises(training_vqgan.NonFiniteLoss, match=r'not finite after step 5 .*nothing saved'):
+        training_vqgan.train(training_vqgan.parse_args(run_args(setup, 'wreck', '--epochs', '2', '--max-steps', '5',
+                                                                '--resume', str(d / 'wreck' / 'last.pt'))))
+    assert {f: sha256_file(d / 'wreck' / f) for f in good} == good
