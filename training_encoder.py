@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from models.masks import fill_holes, normalised_fill, pixel_mask_bank
 from models.vqgan import load_vqgan, model_state_dict
-from utils import (ImageDataset, MaskDataset, atomic_open, data_stats, export_state_dict, latent_mask,
+from utils import (ImageDataset, MaskDataset, atomic_open, data_stats, export_checkpoint, latent_mask,
                    load_checkpoint, load_config, load_state_dict_checked, resolve_device, save_checkpoint,
                    seed_everything)
 
@@ -105,11 +105,7 @@ def evaluate(student, teacher, images, masks, fill, batch_size=64):
 def main(argv=None):
     args = parse_args(argv)
     if args.export:
-        if not args.out:
-            raise ValueError("--export needs --out")
-        sd = export_state_dict(model_state_dict(load_checkpoint(args.export)), args.out)
-        print(f"wrote {args.out}: {len(sd)} tensors, fp16")
-        return None
+        return export_checkpoint(args.export, args.out, model_state_dict)
     cfg = load_config(args.config)
     s = settings(cfg, args)
     seed_everything(args.seed)

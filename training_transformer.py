@@ -33,7 +33,7 @@ from models.maskgit import MaskGit, masked_accuracy, mvtm_loss, transformer_stat
 from models.masks import pixel_mask_bank
 from models.token_cache import load_context_tokens, load_tokens
 from models.vqgan import load_vqgan
-from utils import (ImageDataset, MaskDataset, atomic_open, data_stats, export_state_dict, latent_mask, load_checkpoint,
+from utils import (ImageDataset, MaskDataset, atomic_open, data_stats, export_checkpoint, latent_mask, load_checkpoint,
                    load_config, load_state_dict_checked, plot_curves, resolve_device, save_checkpoint, seed_everything)
 
 TRAIN_DEFAULTS = dict(epochs=100, batch_size=10, accum_grad=10, learning_rate=1e-4, warmup_steps=500,
@@ -300,11 +300,7 @@ def setup_distributed(device_arg):
 def main(argv=None):
     args = parse_args(argv)
     if args.export:
-        if not args.out:
-            raise ValueError("--export needs --out")
-        sd = export_state_dict(transformer_state_dict(load_checkpoint(args.export)), args.out)
-        print(f"wrote {args.out}: {len(sd)} tensors, {sum(v.numel() for v in sd.values()) / 1e6:.2f}M values, fp16")
-        return None
+        return export_checkpoint(args.export, args.out, transformer_state_dict)
     cfg = load_config(args.MaskGitConfig)
     if 'model_param' not in cfg:
         raise ValueError(f"config {args.MaskGitConfig} has no 'model_param' section")

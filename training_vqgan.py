@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from models.discriminator import Discriminator
 from models.vqgan import VQGAN, model_state_dict
-from utils import (ImageDataset, data_stats, denormalize, export_state_dict, load_checkpoint,
+from utils import (ImageDataset, data_stats, denormalize, export_checkpoint, load_checkpoint,
                    load_config, load_state_dict_checked, resolve_device, save_checkpoint, save_grid, seed_everything)
 
 TRAIN_DEFAULTS = dict(batch_size=16, accum_grad=1, learning_rate=2.25e-4, betas=[0.5, 0.9], epochs=10,
@@ -295,11 +295,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         if args.export:
-            if not args.out:
-                raise ValueError("--export needs --out")
-            sd = export_state_dict(model_state_dict(load_checkpoint(args.export)), args.out)
-            print(f"wrote {args.out}: {len(sd)} tensors, {sum(v.numel() for v in sd.values()) / 1e6:.2f}M values, fp16")
-            return
+            return export_checkpoint(args.export, args.out, model_state_dict)
         train(args)
     except NonFiniteLoss as e:
         run_dir = args.run_dir or settings(args, load_config(args.config))['run_dir']

@@ -195,6 +195,15 @@ def export_state_dict(state_dict, path, dtype=torch.float16):
     return sd
 
 
+def export_checkpoint(src, out, state_dict_of=lambda ck: ck):
+    """The --export of the training scripts: the state_dict in checkpoint `src` (picked by state_dict_of)
+    written to `out` in fp16 with its sidecar, and a line saying so."""
+    if not out:
+        raise ValueError("--export needs --out")
+    sd = export_state_dict(state_dict_of(load_checkpoint(src)), out)
+    print(f"wrote {out}: {len(sd)} tensors, {sum(v.numel() for v in sd.values()) / 1e6:.2f}M values, fp16")
+
+
 def load_state_dict_checked(module, state_dict, source):
     """Strict load whose error names the first missing/unexpected/mismatching key and both shapes."""
     own = module.state_dict()
