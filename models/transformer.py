@@ -40,7 +40,7 @@ class MultiHeadAttention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(b, n, c))              # merge heads: [B, N, C]
 
 
-class Encoder(nn.Module):
+class TransformerBlock(nn.Module):
     """Post-LN encoder block: x = LN1(x + drop(attn(x))); x = LN2(x + MLP(x))."""
 
     def __init__(self, dim=768, hidden_dim=1536, num_heads=16, dropout=0.1):
@@ -73,7 +73,7 @@ class BidirectionalTransformer(nn.Module):
         self.pos_emb = nn.Parameter(nn.init.trunc_normal_(torch.zeros(n, dim), 0.0, 0.02))
         self.bias = nn.Parameter(torch.zeros(n, k + 1))  # per-position output bias
         self.tok_emb = nn.Embedding(k + 1, dim)
-        self.blocks = nn.Sequential(*[Encoder(dim, p['hidden_dim'], p.get('num_heads', 16), dropout)
+        self.blocks = nn.Sequential(*[TransformerBlock(dim, p['hidden_dim'], p.get('num_heads', 16), dropout)
                                       for _ in range(p['n_layers'])])
         self.Token_Prediction = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim, eps=1e-12))
         self.LN = nn.LayerNorm(dim, eps=1e-12)
