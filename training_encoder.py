@@ -90,16 +90,17 @@ def evaluate(student, teacher, images, masks, fill, batch_size=64):
     """(known_agree, clean_agree) on val images [N, 3, H, W] with their fixed masks [N, 1, H, W]."""
     student.eval()
     f = teacher.img_resolution // teacher.latent_resolution
-    sums = torch.zeros(3)  # known agreements, known tokens, clean agreements
+    sums = torch.zeros(4)  # known agreements, known tokens, clean agreements, tokens
     for i in range(0, len(images), batch_size):
         x, m = images[i:i + batch_size], masks[i:i + batch_size]
         ref = teacher.encode_indices(x)                                     # [B, N]
         known = ~latent_mask(m, f).flatten(1)                               # [B, N]
         got = student.encode_indices(fill_holes(x, m, fill))
-        sums += torch.tensor([((got == ref) & known).sum(), known.sum(), (student.encode_indices(x) == ref).sum()],
+        sums += torch.tensor([((got == ref) & known).sum(), known.sum(), (student.encode_indices(x) == ref).sum(),
+                              ref.numel()],
                              dtype=torch.float)
     student.train()
-    return (sums[0] / sums[1]).item(), (sums[2] / images[:, 0].numel() * f * f).item()
+    return (sums[0] / sums[1]).item(), (sums[2] / sums[3]).item()
 
 
 def main(argv=None):

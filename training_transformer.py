@@ -312,7 +312,8 @@ def main(argv=None):
     if not vq_cfg_path or not vq_ckpt:
         raise ValueError(f"config {args.MaskGitConfig}: model_param.VQ_Configs needs VQ_config_path and "
                          f"VQ_CKPT_path (or pass --config-vqgan / --vqgan-ckpt)")
-    vq_p = load_config(vq_cfg_path).get('model_param') or {}
+    vq_cfg = load_config(vq_cfg_path)
+    vq_p = vq_cfg.get('model_param') or {}
     if (vq_p.get('num_codebook_vectors'), vq_p.get('latent_resolution', 0) ** 2) != \
             (mp['num_codebook_vectors'], mp['num_image_tokens']):
         raise ValueError(f"{args.MaskGitConfig} (num_codebook_vectors {mp['num_codebook_vectors']}, num_image_tokens "
@@ -346,7 +347,7 @@ def main(argv=None):
         context, hole_ids = load_context_tokens(args.train_d_path, vq_cfg_path, vq_ckpt, s['cache_dir'], get_vqgan,
                                                 bank, s['context_variants'], args.seed, args.partial, log=log)
         ctx = (context, latent_mask(bank, factor).flatten(1)[hole_ids])                        # [S, V, N] each
-    val_holes = load_val_holes(args, factor, len(val_tok), data_stats(load_config(vq_cfg_path), 'test'), get_vqgan)
+    val_holes = load_val_holes(args, factor, len(val_tok), data_stats(vq_cfg, 'test'), get_vqgan)
     get_vqgan.cache_clear()  # training never needs the VQGAN again
     per_step = s['batch_size'] * s['accum_grad'] * world
     steps_per_epoch = len(train_tok) // per_step

@@ -97,7 +97,8 @@ def main(argv=None):
             '--batch-size', str(a.batch_size)]
     base += ['--load-transformer-ckpt-path', a.load_transformer_ckpt_path] if a.load_transformer_ckpt_path else []
     base += ['--vqgan-ckpt', a.vqgan_ckpt] if a.vqgan_ckpt else []
-    runs = [(n, inpainting.parse_args(base + f + ['--paste-known'])) for n, f in parse_runs(a.runs)]
+    run_flags = dict(parse_runs(a.runs))
+    runs = [(n, inpainting.parse_args(base + f + ['--paste-known'])) for n, f in run_flags.items()]
     device = resolve_device(None if a.device == 'auto' else a.device)
     model, cfg = inpainting.load_maskgit(runs[0][1] if runs else inpainting.parse_args(base), device)
     mean, std = data_stats(cfg, 'test')
@@ -148,7 +149,7 @@ def main(argv=None):
         fid = compute_fid(folder, stats if os.path.isfile(stats) else gt_src, device=device,
                           save_stats_path=None if os.path.isfile(stats) else stats)
         results[name] = dict(fid=fid, hole_l1=torch.cat(l1s).mean().item(), hole_psnr=torch.cat(psnrs).mean().item(),
-                             flags=' '.join(f for f in (dict(parse_runs(a.runs)).get(name) or [])) or None,
+                             flags=' '.join(run_flags.get(name) or []) or None,
                              split=a.split, images=len(data), seconds=round(seconds, 1))
         tqdm.write(f"{name}: FID {fid:.2f}, hole L1 {results[name]['hole_l1']:.2f}, "
                    f"hole PSNR {results[name]['hole_psnr']:.2f} dB ({seconds:.0f} s)")

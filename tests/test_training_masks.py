@@ -1,5 +1,4 @@
 """Test-like holes at training time, validation masks, the mask-robust encoder, and checks before saving."""
-import json
 import math
 import sys
 from pathlib import Path
