@@ -22,6 +22,8 @@ import os
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -31,15 +33,19 @@ from tqdm import tqdm
 
 from models.maskgit import MaskGit, masked_accuracy, mvtm_loss, transformer_state_dict
 from models.masks import pixel_mask_bank
-from models.token_cache import load_context_tokens, load_tokens
+from models.token_cache import load_context_tokens, load_tokens, vqgan_meta
 from models.vqgan import load_vqgan
 from utils import (ImageDataset, MaskDataset, atomic_open, data_stats, export_checkpoint, latent_mask, load_checkpoint,
                    load_config, load_state_dict_checked, plot_curves, resolve_device, save_checkpoint, seed_everything)
 
-TRAIN_DEFAULTS = dict(epochs=100, batch_size=10, accum_grad=10, learning_rate=1e-4, warmup_steps=500,
-                      grad_clip=1.0, weight_decay=0.045, betas=(0.9, 0.96), label_smoothing=0.1,
-                      masked_only=True, save_per_epoch=5, cache_dir='cache/tokens', hole_mask_frac=0.0,
-                      mask_bank=4096, context_variants=2)
+# The config's train: section is the one home of the training settings (configs/MaskGit.yml sets every key but
+# these two, which only matter with hole_mask_frac > 0); a missing key is an error naming it.
+TRAIN_DEFAULTS = dict(mask_bank=4096, context_variants=2)
+TRAIN_KEYS = ('epochs', 'batch_size', 'accum_grad', 'learning_rate', 'warmup_steps', 'grad_clip', 'weight_decay',
+              'betas', 'label_smoothing', 'masked_only', 'hole_mask_frac', 'save_per_epoch', 'cache_dir',
+              *TRAIN_DEFAULTS)
+FLAG_KEYS = ('epochs', 'batch_size', 'accum_grad', 'learning_rate', 'warmup_steps', 'grad_clip', 'save_per_epoch',
+             'cache_dir')  # train: keys a flag of the same name overrides
 _MASK_STREAM, _DROPOUT_STREAM, _VAL_STREAM = 0, 1, 2
 CHECK_SEQUENCES = 64  # val sequences scored before a mid-epoch save
 
@@ -93,18 +99,82 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+# ----------------------------------------------------------------------------- configs
+
+@dataclass(frozen=True)
+class VQ:
+    """The frozen VQGAN of a run, resolved once: its config (path and parsed YAML) and checkpoint."""
+    config_path: str
+    cfg: dict
+    ckpt_path: str
+
+
 def train_settings(cfg, args):
-    """The config's `train:` values over the built-in defaults, then the command line over both."""
+    """The config's `train:` section (over TRAIN_DEFAULTS), then the flags given over both."""
     s = dict(TRAIN_DEFAULTS, **(cfg.get('train') or {}))
-    for key in ('epochs', 'batch_size', 'accum_grad', 'learning_rate', 'warmup_steps', 'grad_clip',
-                'save_per_epoch', 'cache_dir'):
-        v = getattr(args, key)
-        if v is not None:
-            s[key] = v
+    s.update({key: getattr(args, key) for key in FLAG_KEYS if getattr(args, key) is not None})
+    missing = [key for key in TRAIN_KEYS if key not in s]
+    if missing:
+        raise ValueError(f"config {args.MaskGitConfig}: train.{missing[0]} is missing "
+                         f"(configs/MaskGit.yml's train: section sets every training key)")
     for key in ('epochs', 'batch_size', 'accum_grad'):
         if s[key] < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {s[key]}")
     return s
+
+
+def read_configs(args):
+    """(MaskGit config, training settings, VQ): --MaskGitConfig and its VQGAN's config, each parsed once, and
+    checked to agree (codebook size, tokens per image) before anything is loaded."""
+    cfg = load_config(args.MaskGitConfig)
+    if 'model_param' not in cfg:
+        raise ValueError(f"config {args.MaskGitConfig} has no 'model_param' section")
+    mp = cfg['model_param']
+    s = train_settings(cfg, args)
+    vq = mp.get('VQ_Configs') or {}
+    vq_cfg_path = args.config_vqgan or vq.get('VQ_config_path')
+    vq_ckpt = args.vqgan_ckpt or vq.get('VQ_CKPT_path')
+    if not vq_cfg_path or not vq_ckpt:
+        raise ValueError(f"config {args.MaskGitConfig}: model_param.VQ_Configs needs VQ_config_path and "
+                         f"VQ_CKPT_path (or pass --config-vqgan / --vqgan-ckpt)")
+    vq_cfg = load_config(vq_cfg_path)
+    vq_p = vq_cfg.get('model_param') or {}
+    if (vq_p.get('num_codebook_vectors'), vq_p.get('latent_resolution', 0) ** 2) != \
+            (mp['num_codebook_vectors'], mp['num_image_tokens']):
+        raise ValueError(f"{args.MaskGitConfig} (num_codebook_vectors {mp['num_codebook_vectors']}, num_image_tokens "
+                         f"{mp['num_image_tokens']}) does not match VQGAN config {vq_cfg_path} (num_codebook_vectors "
+                         f"{vq_p.get('num_codebook_vectors')}, latent_resolution {vq_p.get('latent_resolution')})")
+    if not os.path.isfile(vq_ckpt):
+        raise FileNotFoundError(f"VQGAN checkpoint not found: {vq_ckpt} (train one with training_vqgan.py "
+                                f"or pass --vqgan-ckpt)")
+    return cfg, s, VQ(vq_cfg_path, vq_cfg, vq_ckpt)
+
+
+# ----------------------------------------------------------------------------- processes
+
+@dataclass
+class Proc:
+    """This process's place in the run: DDP world size and rank, device, autocast factory."""
+    world: int
+    rank: int
+    device: torch.device
+    autocast: Callable = nullcontext
+
+    def log(self, msg):
+        if self.rank == 0:
+            print(msg, file=sys.stderr)
+
+
+def setup_distributed(device_arg):
+    """(world, rank, device); DDP when launched by torchrun (RANK in the environment)."""
+    if 'RANK' not in os.environ:
+        return 1, 0, resolve_device(device_arg)
+    local = int(os.environ.get('LOCAL_RANK', 0))
+    cuda = torch.cuda.is_available() and (device_arg is None or device_arg.startswith('cuda'))
+    if cuda:
+        torch.cuda.set_device(local)
+    dist.init_process_group('nccl' if cuda else 'gloo')
+    return dist.get_world_size(), dist.get_rank(), torch.device(f'cuda:{local}' if cuda else 'cpu')
 
 
 def amp_setup(device, amp):
@@ -117,6 +187,8 @@ def amp_setup(device, amp):
     autocast = functools.partial(torch.autocast, device.type, dtype=dtype) if amp != 'off' else nullcontext
     return autocast, torch.amp.GradScaler('cuda', enabled=amp == 'fp16')
 
+
+# ----------------------------------------------------------------------------- one step
 
 def lr_factor(step, warmup, total):
     """Linear warmup over `warmup` steps, then cosine decay to 0 at `total` steps."""
@@ -226,6 +298,56 @@ def evaluate(raw, tokens, s, seed, world, rank, device, autocast=nullcontext, ho
     return (sums[0] / sums[2]).item(), (sums[1] / sums[2]).item(), hole_acc
 
 
+def make_optimizer(raw, s, device):
+    """AdamW; weight decay on matrices (linear weights, token embedding), not on biases, norms, positions."""
+    decay, no_decay = [], []
+    for name, p in raw.named_parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 and name.split('.')[-1] not in ('bias', 'pos_emb') else no_decay).append(p)
+    groups = [{'params': decay, 'weight_decay': s['weight_decay']}, {'params': no_decay, 'weight_decay': 0.0}]
+    fused = device.type == 'cuda'
+    return torch.optim.AdamW(groups, lr=s['learning_rate'], betas=tuple(s['betas']), fused=fused)
+
+
+# ----------------------------------------------------------------------------- data
+
+@dataclass
+class Data:
+    """The run's tokens: train [S, N] (images and their flips) and val [n, N]; ctx: (context tokens, token
+    holes) [S, V, N] each of the hole-masked training variants, or None; val_holes: see evaluate, or None."""
+    train: torch.Tensor
+    val: torch.Tensor
+    ctx: tuple | None
+    val_holes: tuple | None
+
+
+def load_data(args, s, vq, proc):
+    """Tokens from the caches (models/token_cache.py), encoded by the frozen VQGAN where missing or stale:
+    rank 0 encodes, the others then read what it wrote. The VQGAN is loaded only if something is encoded."""
+    get_vqgan = functools.cache(lambda: load_vqgan(vq.config_path, vq.ckpt_path, proc.device, cfg=vq.cfg))
+    vq_meta = vqgan_meta(vq.cfg, vq.ckpt_path)
+    cache = dict(vq_meta=vq_meta, cache_dir=s['cache_dir'], get_vqgan=get_vqgan, partial=args.partial, batch_size=64,
+                 num_workers=args.num_workers, log=proc.log)
+    tokens = {}
+    for turn in (0, 1):
+        if (proc.rank == 0) == (turn == 0):
+            tokens['train'] = load_tokens(args.train_d_path, flip=True, **cache)
+            tokens['val'] = load_tokens(args.val_d_path, flip=False, **cache)
+        if proc.world > 1 and turn == 0:
+            dist.barrier()
+    vq_p = vq.cfg['model_param']
+    factor = vq_p['img_resolution'] // vq_p['latent_resolution']
+    ctx = None
+    if s['hole_mask_frac'] > 0:  # the dataset's hole generator on its training stream, the masked images encoded
+        bank = pixel_mask_bank(s['mask_bank'], vq_p['img_resolution'], args.seed)
+        context, hole_ids = load_context_tokens(args.train_d_path, vq_meta, s['cache_dir'], get_vqgan, bank,
+                                                s['context_variants'], args.seed, args.partial, log=proc.log)
+        ctx = (context, latent_mask(bank, factor).flatten(1)[hole_ids])                        # [S, V, N] each
+    val_holes = load_val_holes(args, factor, len(tokens['val']), data_stats(vq.cfg, 'test'), get_vqgan)
+    get_vqgan.cache_clear()  # training never needs the VQGAN again
+    return Data(tokens['train'], tokens['val'], ctx, val_holes)
+
+
 def load_val_holes(args, factor, n_val, stats, get_vqgan):
     """(token holes [n_val, N] bool, context tokens [n_val, N] long) of the val split's fixed masks and masked
     images (val_mask64/ and val_masked_image/ beside --val_d_path), or None when the dataset has none."""
@@ -245,15 +367,17 @@ def load_val_holes(args, factor, n_val, stats, get_vqgan):
     return holes, torch.cat([vqgan.encode_indices(x[i:i + 64]).cpu() for i in range(0, len(x), 64)])
 
 
-def make_optimizer(raw, s, device):
-    """AdamW; weight decay on matrices (linear weights, token embedding), not on biases, norms, positions."""
-    decay, no_decay = [], []
-    for name, p in raw.named_parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 and name.split('.')[-1] not in ('bias', 'pos_emb') else no_decay).append(p)
-    groups = [{'params': decay, 'weight_decay': s['weight_decay']}, {'params': no_decay, 'weight_decay': 0.0}]
-    fused = device.type == 'cuda'
-    return torch.optim.AdamW(groups, lr=s['learning_rate'], betas=tuple(s['betas']), fused=fused)
+def count_steps(args, s, data, world):
+    """Optimizer steps per epoch: whole global batches (batch x accum x processes) of the training tokens."""
+    per_step = s['batch_size'] * s['accum_grad'] * world
+    steps_per_epoch = len(data.train) // per_step
+    if steps_per_epoch == 0:
+        raise ValueError(f"--batch-size {s['batch_size']} x --accum-grad {s['accum_grad']} x {world} process(es) = "
+                         f"{per_step} samples per optimizer step, but {args.train_d_path} gives only "
+                         f"{len(data.train)} (images + flips)")
+    if len(data.val) < world:
+        raise ValueError(f"{args.val_d_path} has {len(data.val)} images, fewer than the {world} processes")
+    return steps_per_epoch
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -283,181 +407,180 @@ def write_log(rows, out_dir):
                 os.path.join(out_dir, 'loss_curve.png'), title='MVTM cross-entropy (masked tokens)')
 
 
-# ----------------------------------------------------------------------------- main
+# ----------------------------------------------------------------------------- the run
 
-def setup_distributed(device_arg):
-    """(world, rank, device); DDP when launched by torchrun (RANK in the environment)."""
-    if 'RANK' not in os.environ:
-        return 1, 0, resolve_device(device_arg)
-    local = int(os.environ.get('LOCAL_RANK', 0))
-    cuda = torch.cuda.is_available() and (device_arg is None or device_arg.startswith('cuda'))
-    if cuda:
-        torch.cuda.set_device(local)
-    dist.init_process_group('nccl' if cuda else 'gloo')
-    return dist.get_world_size(), dist.get_rank(), torch.device(f'cuda:{local}' if cuda else 'cpu')
+PROGRESS = ('epoch', 'step', 'epoch_loss_sum', 'epoch_steps', 'rows')  # what train_state.pt keeps besides weights
+
+
+@dataclass
+class Run:
+    """The model and what training changes; train_state.pt holds all of it (save_state)."""
+    raw: MaskGit                   # the model itself; `model` is what a step calls (compiled and/or DDP-wrapped)
+    opt: torch.optim.Optimizer     # its lr is set every step (lr_factor)
+    scaler: torch.amp.GradScaler
+    steps_per_epoch: int
+    model: torch.nn.Module = None
+    epoch: int = 0                 # the last finished epoch
+    step: int = 0                  # optimizer steps taken
+    epoch_loss_sum: float = 0.0    # over this epoch's steps so far (kept by a mid-epoch save)
+    epoch_steps: int = 0
+    rows: list = field(default_factory=list)  # log.csv
+
+    def progress(self):
+        return {k: getattr(self, k) for k in PROGRESS}
+
+
+def out_dir(args):
+    """The folder of every output: --checkpoint-path's."""
+    return os.path.dirname(os.path.abspath(args.checkpoint_path))
+
+
+def state_path(args):
+    return os.path.join(out_dir(args), 'train_state.pt')
+
+
+def save_state(run, args):
+    save_checkpoint(dict(transformer=run.raw.transformer.state_dict(), optimizer=run.opt.state_dict(),
+                         scaler=run.scaler.state_dict(), steps_per_epoch=run.steps_per_epoch, **run.progress()),
+                    state_path(args))
+
+
+def check_before_save(run, args, val_loss):
+    """Nothing is saved unless every weight is finite and the val loss is finite and sane."""
+    limit = 2 * math.log(run.raw.num_codebook_vectors)  # twice the loss of a uniform guess
+    bad = next((name for name, p in run.raw.named_parameters() if not torch.isfinite(p).all()), None)
+    if bad or not math.isfinite(val_loss) or val_loss > limit:
+        why = f"weight {bad} is not finite" if bad else f"val loss {val_loss:.4g} (limit {limit:.3g})"
+        raise TrainingDiverged(f"{why} after step {run.step}: stopped before saving; the last saved "
+                               f"checkpoints ({args.checkpoint_path}, {state_path(args)}) are untouched")
+
+
+def build(args, mp, s, proc, scaler, steps_per_epoch):
+    """The model and its optimizer, from scratch or from the checkpoint the flags name (resume), then wrapped."""
+    seed_everything(args.seed)  # here: whether the cache was just built must not change the initial weights
+    raw = MaskGit(mp).to(proc.device)
+    run = Run(raw, make_optimizer(raw, s, proc.device), scaler, steps_per_epoch)
+    resume(run, args, proc)
+    run.model = torch.compile(raw) if args.compile else raw
+    if proc.world > 1:
+        run.model = DDP(run.model, device_ids=[proc.device.index] if proc.device.type == 'cuda' else None)
+    return run
+
+
+def resume(run, args, proc):
+    """--resume: everything from train_state.pt; --start-from-epoch N (the course's): the weights of
+    --checkpoint-path, a fresh optimizer, epochs N+1..; --init-from: weights only, from step 0."""
+    if args.resume:
+        path = state_path(args) if args.resume == 'auto' else args.resume
+        ckpt = load_checkpoint(path)
+        load_state_dict_checked(run.raw.transformer, transformer_state_dict(ckpt), path)
+        run.opt.load_state_dict(ckpt['optimizer'])
+        run.scaler.load_state_dict(ckpt['scaler'])
+        for k in PROGRESS:
+            setattr(run, k, ckpt[k])
+        if ckpt['steps_per_epoch'] != run.steps_per_epoch:
+            raise ValueError(f"{path} was written with {ckpt['steps_per_epoch']} steps per epoch, now "
+                             f"{run.steps_per_epoch}: resume with the same data, --partial and batch flags")
+        proc.log(f"resuming from {path}: epoch {run.epoch}, step {run.step}")
+    elif args.start_from_epoch > 0:
+        load_state_dict_checked(run.raw.transformer, load_checkpoint(args.checkpoint_path), args.checkpoint_path)
+        run.epoch, run.step = args.start_from_epoch, args.start_from_epoch * run.steps_per_epoch
+        run.rows = read_log(out_dir(args), args.start_from_epoch)
+    elif args.init_from:
+        load_state_dict_checked(run.raw.transformer, transformer_state_dict(load_checkpoint(args.init_from)),
+                                args.init_from)
+        proc.log(f"starting from the weights of {args.init_from}")
+
+
+def train_step(run, args, s, proc, data, order, i):
+    """Optimizer step i of the epoch (its micro-batches from `order`); returns (loss, lr)."""
+    lr = s['learning_rate'] * lr_factor(run.step, s['warmup_steps'], s['epochs'] * run.steps_per_epoch)
+    for grp in run.opt.param_groups:
+        grp['lr'] = lr
+    torch.manual_seed(step_seed(args.seed, run.step, _DROPOUT_STREAM, proc.rank))
+    loss = accumulate_grads(run.model, run.raw, data.train, order, i, run.step, s, args.seed, proc.world, proc.rank,
+                            proc.device, proc.autocast, run.scaler, data.ctx)
+    run.scaler.unscale_(run.opt)
+    gnorm = torch.nn.utils.clip_grad_norm_(run.raw.parameters(), s['grad_clip'] if s['grad_clip'] > 0 else math.inf)
+    if proc.world > 1:
+        dist.all_reduce(loss, op=dist.ReduceOp.AVG)
+    loss = loss.item()
+    if not math.isfinite(loss) or (not run.scaler.is_enabled() and not math.isfinite(gnorm.item())):
+        raise TrainingDiverged(
+            f"loss {loss:.4g} (gradient norm {gnorm.item():.4g}) at epoch {run.epoch + 1}, step {run.step}: stopped; "
+            f"the last good checkpoint is {args.checkpoint_path} (epoch {run.epoch}), untouched")
+    run.scaler.step(run.opt)
+    run.scaler.update()
+    run.opt.zero_grad(set_to_none=True)
+    run.step += 1
+    run.epoch_loss_sum += loss
+    run.epoch_steps += 1
+    return loss, lr
+
+
+def train_epoch(run, args, s, proc, data, epoch):
+    """The steps of `epoch` (from where a resumed run stopped), saving every --ckpt-interval steps; returns
+    the throughput part of its log row."""
+    order = epoch_order(len(data.train), epoch, args.seed, proc.world, proc.rank)
+    first = run.step - (epoch - 1) * run.steps_per_epoch  # > 0 only when resuming inside an epoch
+    t0 = time.time()
+    bar = tqdm(range(first, run.steps_per_epoch), desc=f"epoch {epoch}/{s['epochs']}", disable=proc.rank != 0)
+    for i in bar:
+        loss, lr = train_step(run, args, s, proc, data, order, i)
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
+        if args.ckpt_interval > 0 and run.step % args.ckpt_interval == 0 and i + 1 < run.steps_per_epoch:
+            check_before_save(run, args, evaluate(run.raw, data.val[:CHECK_SEQUENCES], s, args.seed, proc.world,
+                                                  proc.rank, proc.device, proc.autocast)[0])
+            if proc.rank == 0:
+                save_state(run, args)
+    seconds = time.time() - t0
+    tokens = (run.steps_per_epoch - first) * s['batch_size'] * s['accum_grad'] * proc.world * run.raw.num_image_tokens
+    return dict(lr=lr, tokens_per_s=tokens / seconds, seconds=seconds)
+
+
+def end_of_epoch(run, args, s, proc, data, epoch, throughput):
+    """Validate and check, then (rank 0) write the course's state_dict, transformer_epoch_N.pt every
+    save_per_epoch epochs, train_state.pt and log.csv."""
+    val_loss, val_acc, val_hole_acc = evaluate(run.raw, data.val, s, args.seed, proc.world, proc.rank, proc.device,
+                                               proc.autocast, data.val_holes)
+    check_before_save(run, args, val_loss)
+    run.rows.append(dict(epoch=epoch, step=run.step, lr=throughput['lr'],
+                         train_loss=run.epoch_loss_sum / run.epoch_steps, val_loss=val_loss, val_acc=val_acc,
+                         val_hole_acc=val_hole_acc, tokens_per_s=throughput['tokens_per_s'],
+                         seconds=throughput['seconds']))
+    run.epoch, run.epoch_loss_sum, run.epoch_steps = epoch, 0.0, 0
+    proc.log(f"epoch {epoch}: train loss {run.rows[-1]['train_loss']:.4f}, val loss {val_loss:.4f}, "
+             f"val masked-token acc {val_acc:.4f}, val hole acc {val_hole_acc:.4f}")
+    if proc.rank == 0:
+        sd = run.raw.transformer.state_dict()
+        if s['save_per_epoch'] and epoch % s['save_per_epoch'] == 0:
+            save_checkpoint(sd, os.path.join(out_dir(args), f'transformer_epoch_{epoch}.pt'))
+        save_checkpoint(sd, args.checkpoint_path)
+        save_state(run, args)
+        write_log(run.rows, out_dir(args))
 
 
 def main(argv=None):
     args = parse_args(argv)
     if args.export:
         return export_checkpoint(args.export, args.out, transformer_state_dict)
-    cfg = load_config(args.MaskGitConfig)
-    if 'model_param' not in cfg:
-        raise ValueError(f"config {args.MaskGitConfig} has no 'model_param' section")
-    mp = cfg['model_param']
-    s = train_settings(cfg, args)
-    vq = mp.get('VQ_Configs') or {}
-    vq_cfg_path = args.config_vqgan or vq.get('VQ_config_path')
-    vq_ckpt = args.vqgan_ckpt or vq.get('VQ_CKPT_path')
-    if not vq_cfg_path or not vq_ckpt:
-        raise ValueError(f"config {args.MaskGitConfig}: model_param.VQ_Configs needs VQ_config_path and "
-                         f"VQ_CKPT_path (or pass --config-vqgan / --vqgan-ckpt)")
-    vq_cfg = load_config(vq_cfg_path)
-    vq_p = vq_cfg.get('model_param') or {}
-    if (vq_p.get('num_codebook_vectors'), vq_p.get('latent_resolution', 0) ** 2) != \
-            (mp['num_codebook_vectors'], mp['num_image_tokens']):
-        raise ValueError(f"{args.MaskGitConfig} (num_codebook_vectors {mp['num_codebook_vectors']}, num_image_tokens "
-                         f"{mp['num_image_tokens']}) does not match VQGAN config {vq_cfg_path} (num_codebook_vectors "
-                         f"{vq_p.get('num_codebook_vectors')}, latent_resolution {vq_p.get('latent_resolution')})")
-    if not os.path.isfile(vq_ckpt):
-        raise FileNotFoundError(f"VQGAN checkpoint not found: {vq_ckpt} (train one with training_vqgan.py "
-                                f"or pass --vqgan-ckpt)")
-
+    cfg, s, vq = read_configs(args)
     world, rank, device = setup_distributed(args.device)
     autocast, scaler = amp_setup(device, args.amp)
-    out_dir = os.path.dirname(os.path.abspath(args.checkpoint_path))
-    log = (lambda m: print(m, file=sys.stderr)) if rank == 0 else (lambda m: None)
-
-    # token cache: rank 0 encodes (once), the others read what it wrote
-    get_vqgan = functools.cache(lambda: load_vqgan(vq_cfg_path, vq_ckpt, device))
-    cache = dict(vq_config_path=vq_cfg_path, vq_ckpt_path=vq_ckpt, cache_dir=s['cache_dir'], get_vqgan=get_vqgan,
-                 partial=args.partial, batch_size=64, num_workers=args.num_workers, log=log)
-    tokens = {}
-    for turn in (0, 1):
-        if (rank == 0) == (turn == 0):
-            tokens['train'] = load_tokens(args.train_d_path, flip=True, **cache)
-            tokens['val'] = load_tokens(args.val_d_path, flip=False, **cache)
-        if world > 1 and turn == 0:
-            dist.barrier()
-    train_tok, val_tok = tokens['train'], tokens['val']
-    factor = vq_p['img_resolution'] // vq_p['latent_resolution']
-    ctx = None
-    if s['hole_mask_frac'] > 0:  # the dataset's hole generator on its training stream, the masked images encoded
-        bank = pixel_mask_bank(s['mask_bank'], vq_p['img_resolution'], args.seed)
-        context, hole_ids = load_context_tokens(args.train_d_path, vq_cfg_path, vq_ckpt, s['cache_dir'], get_vqgan,
-                                                bank, s['context_variants'], args.seed, args.partial, log=log)
-        ctx = (context, latent_mask(bank, factor).flatten(1)[hole_ids])                        # [S, V, N] each
-    val_holes = load_val_holes(args, factor, len(val_tok), data_stats(vq_cfg, 'test'), get_vqgan)
-    get_vqgan.cache_clear()  # training never needs the VQGAN again
-    per_step = s['batch_size'] * s['accum_grad'] * world
-    steps_per_epoch = len(train_tok) // per_step
-    if steps_per_epoch == 0:
-        raise ValueError(f"--batch-size {s['batch_size']} x --accum-grad {s['accum_grad']} x {world} process(es) = "
-                         f"{per_step} samples per optimizer step, but {args.train_d_path} gives only "
-                         f"{len(train_tok)} (images + flips)")
-    if len(val_tok) < world:
-        raise ValueError(f"{args.val_d_path} has {len(val_tok)} images, fewer than the {world} processes")
-
-    seed_everything(args.seed)  # here: whether the cache was just built must not change the initial weights
-    raw = MaskGit(mp).to(device)
-    opt = make_optimizer(raw, s, device)
-    total_steps = s['epochs'] * steps_per_epoch
-    state_path = os.path.join(out_dir, 'train_state.pt')
-    st = dict(epoch=0, step=0, epoch_loss_sum=0.0, epoch_steps=0, rows=[])
-    if args.resume:
-        path = state_path if args.resume == 'auto' else args.resume
-        ckpt = load_checkpoint(path)
-        load_state_dict_checked(raw.transformer, transformer_state_dict(ckpt), path)
-        opt.load_state_dict(ckpt['optimizer'])
-        scaler.load_state_dict(ckpt['scaler'])
-        st = {k: ckpt[k] for k in st}
-        if ckpt['steps_per_epoch'] != steps_per_epoch:
-            raise ValueError(f"{path} was written with {ckpt['steps_per_epoch']} steps per epoch, now "
-                             f"{steps_per_epoch}: resume with the same data, --partial and batch flags")
-        log(f"resuming from {path}: epoch {st['epoch']}, step {st['step']}")
-    elif args.start_from_epoch > 0:
-        load_state_dict_checked(raw.transformer, load_checkpoint(args.checkpoint_path), args.checkpoint_path)
-        st.update(epoch=args.start_from_epoch, step=args.start_from_epoch * steps_per_epoch,
-                  rows=read_log(out_dir, args.start_from_epoch))
-    elif args.init_from:
-        load_state_dict_checked(raw.transformer, transformer_state_dict(load_checkpoint(args.init_from)), args.init_from)
-        log(f"starting from the weights of {args.init_from}")
-    model = torch.compile(raw) if args.compile else raw
-    if world > 1:
-        model = DDP(model, device_ids=[device.index] if device.type == 'cuda' else None)
-
-    def save_state():
-        save_checkpoint(dict(transformer=raw.transformer.state_dict(), optimizer=opt.state_dict(),
-                             scaler=scaler.state_dict(), steps_per_epoch=steps_per_epoch, **st), state_path)
-
-    loss_limit = 2 * math.log(raw.num_codebook_vectors)  # twice the loss of a uniform guess
-
-    def check_before_save(val_loss):
-        """Nothing is saved unless every weight is finite and the val loss is finite and sane."""
-        bad = next((name for name, p in raw.named_parameters() if not torch.isfinite(p).all()), None)
-        if bad or not math.isfinite(val_loss) or val_loss > loss_limit:
-            why = f"weight {bad} is not finite" if bad else f"val loss {val_loss:.4g} (limit {loss_limit:.3g})"
-            raise TrainingDiverged(f"{why} after step {st['step']}: stopped before saving; the last saved "
-                                   f"checkpoints ({args.checkpoint_path}, {state_path}) are untouched")
-
-    n_tok = raw.num_image_tokens
-    log(f"{len(train_tok)} train / {len(val_tok)} val sequences, {steps_per_epoch} steps per epoch, "
-        f"{sum(p.numel() for p in raw.transformer.parameters()) / 1e6:.1f}M parameters, {world} process(es), {device}")
-    model.train()
-    for epoch in range(st['epoch'] + 1, s['epochs'] + 1):
-        order = epoch_order(len(train_tok), epoch, args.seed, world, rank)
-        first = st['step'] - (epoch - 1) * steps_per_epoch  # > 0 only when resuming inside an epoch
-        t0 = time.time()
-        bar = tqdm(range(first, steps_per_epoch), desc=f"epoch {epoch}/{s['epochs']}", disable=rank != 0)
-        for i in bar:
-            lr = s['learning_rate'] * lr_factor(st['step'], s['warmup_steps'], total_steps)
-            for grp in opt.param_groups:
-                grp['lr'] = lr
-            torch.manual_seed(step_seed(args.seed, st['step'], _DROPOUT_STREAM, rank))
-            loss = accumulate_grads(model, raw, train_tok, order, i, st['step'], s, args.seed, world, rank,
-                                    device, autocast, scaler, ctx)
-            scaler.unscale_(opt)
-            gnorm = torch.nn.utils.clip_grad_norm_(raw.parameters(), s['grad_clip'] if s['grad_clip'] > 0 else math.inf)
-            if world > 1:
-                dist.all_reduce(loss, op=dist.ReduceOp.AVG)
-            loss = loss.item()
-            if not math.isfinite(loss) or (not scaler.is_enabled() and not math.isfinite(gnorm.item())):
-                raise TrainingDiverged(
-                    f"loss {loss:.4g} (gradient norm {gnorm.item():.4g}) at epoch {epoch}, step {st['step']}: stopped; "
-                    f"the last good checkpoint is {args.checkpoint_path} (epoch {epoch - 1}), untouched")
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
-            st['step'] += 1
-            st['epoch_loss_sum'] += loss
-            st['epoch_steps'] += 1
-            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
-            if args.ckpt_interval > 0 and st['step'] % args.ckpt_interval == 0 and i + 1 < steps_per_epoch:
-                check_before_save(evaluate(raw, val_tok[:CHECK_SEQUENCES], s, args.seed, world, rank, device,
-                                           autocast)[0])
-                if rank == 0:
-                    save_state()
-        seconds = time.time() - t0
-        val_loss, val_acc, val_hole_acc = evaluate(raw, val_tok, s, args.seed, world, rank, device, autocast,
-                                                   val_holes)
-        check_before_save(val_loss)
-        st['rows'].append(dict(epoch=epoch, step=st['step'], lr=lr, train_loss=st['epoch_loss_sum'] / st['epoch_steps'],
-                               val_loss=val_loss, val_acc=val_acc, val_hole_acc=val_hole_acc,
-                               tokens_per_s=(steps_per_epoch - first) * per_step * n_tok / seconds, seconds=seconds))
-        st.update(epoch=epoch, epoch_loss_sum=0.0, epoch_steps=0)
-        log(f"epoch {epoch}: train loss {st['rows'][-1]['train_loss']:.4f}, val loss {val_loss:.4f}, "
-            f"val masked-token acc {val_acc:.4f}, val hole acc {val_hole_acc:.4f}")
-        if rank == 0:
-            sd = raw.transformer.state_dict()
-            if s['save_per_epoch'] and epoch % s['save_per_epoch'] == 0:
-                save_checkpoint(sd, os.path.join(out_dir, f'transformer_epoch_{epoch}.pt'))
-            save_checkpoint(sd, args.checkpoint_path)
-            save_state()
-            write_log(st['rows'], out_dir)
+    proc = Proc(world, rank, device, autocast)
+    data = load_data(args, s, vq, proc)
+    run = build(args, cfg['model_param'], s, proc, scaler, count_steps(args, s, data, world))
+    proc.log(f"{len(data.train)} train / {len(data.val)} val sequences, {run.steps_per_epoch} steps per epoch, "
+             f"{sum(p.numel() for p in run.raw.transformer.parameters()) / 1e6:.1f}M parameters, "
+             f"{world} process(es), {device}")
+    run.model.train()
+    for epoch in range(run.epoch + 1, s['epochs'] + 1):
+        throughput = train_epoch(run, args, s, proc, data, epoch)
+        end_of_epoch(run, args, s, proc, data, epoch, throughput)
     if world > 1:
         dist.barrier()  # rank 0 may still be writing; tearing gloo down under it aborts the process
         dist.destroy_process_group()
-    return st
+    return run.progress()
 
 
 if __name__ == '__main__':

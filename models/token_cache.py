@@ -2,9 +2,9 @@
 
 One file per (image folder, --partial, flip) in `cache_dir`, `{folder}_{key}.pt`, written atomically:
   {'meta': {...}, 'tokens': int16 [n_images, views, h*w]}  (views = 2 with horizontal flips, else 1)
-`meta` holds the VQGAN checkpoint's sha256, its config's model_param and normalisation, and a
-fingerprint of the image files (names, sizes, mtimes). Any difference makes the file stale: it is
-re-encoded and replaced.
+`meta` holds the VQGAN checkpoint's sha256, its config's model_param and normalisation (vqgan_meta,
+computed once per run), and a fingerprint of the image files (names, sizes, mtimes). Any difference
+makes the file stale: it is re-encoded and replaced.
 """
 import hashlib
 import json
@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from models.masks import fill_holes, normalised_fill
-from utils import ImageDataset, atomic_save, data_stats, list_images, load_checkpoint, load_config, sha256_file
+from utils import ImageDataset, atomic_save, data_stats, list_images, load_checkpoint, sha256_file
 
 FORMAT = 1
 
@@ -34,22 +34,21 @@ def cache_path(cache_dir, image_root, partial=1.0, flip=True):
     return os.path.join(cache_dir, f"{name}_{hashlib.sha256(ident.encode()).hexdigest()[:12]}.pt")
 
 
-def cache_meta(image_root, vq_config_path, vq_ckpt_path, partial=1.0, flip=True):
-    """What a cache file must match to be reused (computed without loading the VQGAN)."""
-    if not os.path.isfile(vq_ckpt_path):
-        raise FileNotFoundError(f"VQGAN checkpoint not found: {vq_ckpt_path} "
-                                f"(train one with training_vqgan.py or pass --vqgan-ckpt)")
-    vq_cfg = load_config(vq_config_path)
-    paths = list_images(image_root, partial)
+def vqgan_meta(vq_cfg, vq_ckpt_path):
+    """What the tokens depend on besides the images: the VQGAN checkpoint's sha256, its config's (parsed
+    YAML) model_param and normalisation. Computed once per run and passed to every cache: hashing a large
+    checkpoint takes seconds, and the VQGAN itself is loaded only if something must be encoded."""
     mean, std = data_stats(vq_cfg, 'train')
-    return {
-        'format': FORMAT,
-        'vqgan_sha256': sha256_file(vq_ckpt_path),
-        'vqgan_model_param': json.dumps(vq_cfg.get('model_param'), sort_keys=True),
-        'mean': list(mean), 'std': list(std),
-        'n_images': len(paths), 'files': _files_fingerprint(paths),
-        'partial': float(partial), 'flip': bool(flip),
-    }
+    return {'vqgan_sha256': sha256_file(vq_ckpt_path),
+            'vqgan_model_param': json.dumps(vq_cfg.get('model_param'), sort_keys=True),
+            'mean': list(mean), 'std': list(std)}
+
+
+def cache_meta(image_root, vq_meta, partial=1.0, flip=True):
+    """What a cache file must match to be reused: the VQGAN (vqgan_meta) and the image files."""
+    paths = list_images(image_root, partial)
+    return {'format': FORMAT, **vq_meta, 'n_images': len(paths), 'files': _files_fingerprint(paths),
+            'partial': float(partial), 'flip': bool(flip)}
 
 
 @torch.no_grad()
@@ -66,13 +65,14 @@ def encode_folder(vqgan, image_root, partial, flip, mean, std, batch_size=64, nu
     return torch.cat(out)
 
 
-def load_tokens(image_root, vq_config_path, vq_ckpt_path, cache_dir, get_vqgan, partial=1.0, flip=True,
-                batch_size=64, num_workers=0, log=print):
+def load_tokens(image_root, vq_meta, cache_dir, get_vqgan, partial=1.0, flip=True, batch_size=64, num_workers=0,
+                log=print):
     """Cached tokens of `image_root` as int16 [n_images * views, h*w]; (re)built when missing or stale.
 
-    get_vqgan: a callable returning the frozen VQGAN, called only when the folder must be encoded.
+    vq_meta: vqgan_meta() of the frozen VQGAN; get_vqgan: a callable returning that VQGAN, called only when
+    the folder must be encoded.
     """
-    meta = cache_meta(image_root, vq_config_path, vq_ckpt_path, partial, flip)
+    meta = cache_meta(image_root, vq_meta, partial, flip)
     path = cache_path(cache_dir, image_root, partial, flip)
     if os.path.isfile(path):
         try:
@@ -95,8 +95,8 @@ def load_tokens(image_root, vq_config_path, vq_ckpt_path, cache_dir, get_vqgan, 
 
 
 @torch.no_grad()
-def load_context_tokens(image_root, vq_config_path, vq_ckpt_path, cache_dir, get_vqgan, bank, variants, seed,
-                        partial=1.0, batch_size=64, log=print):
+def load_context_tokens(image_root, vq_meta, cache_dir, get_vqgan, bank, variants, seed, partial=1.0, batch_size=64,
+                        log=print):
     """What inpainting will show the transformer outside a hole, for training: each image and its flip with
     `variants` holes from `bank` (pixel masks [M, 1, H, W], 1 = keep) filled with the course's grey and
     encoded whole, as inpainting.py encodes a masked image. Cached like load_tokens.
@@ -104,7 +104,7 @@ def load_context_tokens(image_root, vq_config_path, vq_ckpt_path, cache_dir, get
     Returns (context int16 [n_images * 2, variants, h*w], hole ids long [n_images * 2, variants] into `bank`);
     rows follow load_tokens(..., flip=True).
     """
-    meta = cache_meta(image_root, vq_config_path, vq_ckpt_path, partial, True)
+    meta = cache_meta(image_root, vq_meta, partial, True)
     meta.update(context_variants=int(variants), context_seed=int(seed), bank_size=len(bank),
                 bank_sha256=hashlib.sha256(bank.numpy().tobytes()).hexdigest())
     path = cache_path(cache_dir, image_root, partial, True).replace('.pt', f'_context{variants}.pt')

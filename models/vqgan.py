@@ -275,9 +275,12 @@ def model_state_dict(ckpt):
     return ckpt
 
 
-def load_vqgan(config_path, ckpt_path=None, device='cpu'):
-    """VQGAN from a config and checkpoint (default: the config's `checkpoint: path`), eval, frozen."""
-    cfg = load_config(config_path)
+def load_vqgan(config_path, ckpt_path=None, device='cpu', cfg=None):
+    """VQGAN from a config and checkpoint (default: the config's `checkpoint: path`), eval, frozen.
+
+    cfg: the config at config_path when the caller has parsed it already (a run parses it once).
+    """
+    cfg = load_config(config_path) if cfg is None else cfg
     if 'model_param' not in cfg:
         raise ValueError(f"config {config_path} has no 'model_param' section")
     if ckpt_path is None:

@@ -20,7 +20,7 @@ from models.maskgit import MaskGit  # noqa: E402
 from models.masks import (fill_holes, hole_fraction, make_mask, mask_rng, normalised_fill, pixel_mask_bank,  # noqa: E402
                           token_mask_bank)
 from models.vqgan import VQGAN  # noqa: E402
-from utils import MASK_FILL, latent_mask, load_checkpoint, sha256_file  # noqa: E402
+from utils import MASK_FILL, latent_mask, load_checkpoint, load_config, sha256_file  # noqa: E402
 
 torch.set_num_threads(1)
 TINY_VQ = dict(image_channels=3, enc_channels=[8, 8, 16], dec_channels=[8, 16], latent_dim=8, img_resolution=16,
@@ -188,8 +188,9 @@ def lab(tmp_path_factory):
     torch.manual_seed(0)
     torch.save(VQGAN(TINY_VQ).state_dict(), d / 'vq.pt')
     mp = dict(tiny_mp(), VQ_Configs=dict(VQ_config_path=str(d / 'vq.yml'), VQ_CKPT_path=str(d / 'vq.pt')))
-    train = dict(epochs=1, batch_size=4, accum_grad=1, learning_rate=3e-3, warmup_steps=1, save_per_epoch=0,
-                 cache_dir=str(d / 'cache'), hole_mask_frac=0.5, mask_bank=32, context_variants=2)
+    train = dict(load_config(ROOT / 'configs' / 'MaskGit.yml')['train'], epochs=1, batch_size=4, accum_grad=1,
+                 learning_rate=3e-3, warmup_steps=1, save_per_epoch=0, cache_dir=str(d / 'cache'), hole_mask_frac=0.5,
+                 mask_bank=32, context_variants=2)
     (d / 'mg.yml').write_text(yaml.safe_dump({'model_param': mp, 'train': train}))
     return d
 
@@ -219,17 +220,18 @@ def test_an_exploding_update_is_never_saved(lab, tmp_path):
 
 
 def test_context_cache_is_the_masked_image_encoded_and_is_reused(lab, tmp_path):
-    from models.token_cache import load_context_tokens, load_tokens
+    from models.token_cache import load_context_tokens, load_tokens, vqgan_meta
     from models.vqgan import load_vqgan
     from utils import ImageDataset, TRAIN_MEAN, TRAIN_STD
     vq = load_vqgan(str(lab / 'vq.yml'), str(lab / 'vq.pt'))
     calls = []
     get = lambda: calls.append(1) or vq
     bank = pixel_mask_bank(8, 16, seed=0)
-    args = (str(lab / 'train'), str(lab / 'vq.yml'), str(lab / 'vq.pt'), str(tmp_path), get, bank, 2, 0)
+    meta = vqgan_meta(load_config(lab / 'vq.yml'), lab / 'vq.pt')
+    args = (str(lab / 'train'), meta, str(tmp_path), get, bank, 2, 0)
     context, holes = load_context_tokens(*args)
     assert context.shape == (24, 2, N) and holes.shape == (24, 2) and calls == [1]
-    clean = load_tokens(str(lab / 'train'), str(lab / 'vq.yml'), str(lab / 'vq.pt'), str(tmp_path), get)
+    clean = load_tokens(str(lab / 'train'), meta, str(tmp_path), get)
     x = ImageDataset(str(lab / "train"), 1.0, TRAIN_MEAN, TRAIN_STD)[2]            # image 2, flipped: row 5
     keep = bank[holes[5, 1]]
     masked = x.flip(-1) * keep + normalised_fill(TRAIN_MEAN, TRAIN_STD)[:, None, None] * (1 - keep)
@@ -237,5 +239,5 @@ def test_context_cache_is_the_masked_image_encoded_and_is_reused(lab, tmp_path):
     assert not torch.equal(context[5, 1], clean[5].long())                        # the hole changed some codes
     again = load_context_tokens(*args)
     assert calls == [1, 1] and torch.equal(again[0], context)                       # reused: no encode
-    load_context_tokens(*args[:5], pixel_mask_bank(8, 16, seed=1), 2, 0)            # another bank: stale
+    load_context_tokens(*args[:4], pixel_mask_bank(8, 16, seed=1), 2, 0)            # another bank: stale
     assert calls == [1, 1, 1]

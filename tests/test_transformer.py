@@ -20,10 +20,10 @@ sys.path.insert(0, str(ROOT))
 
 import training_transformer as tt  # noqa: E402
 from models.maskgit import MaskGit, gamma_func, mvtm_loss  # noqa: E402
-from models.token_cache import cache_path, load_tokens  # noqa: E402
+from models.token_cache import cache_path, load_tokens, vqgan_meta  # noqa: E402
 from models.transformer import BidirectionalTransformer, MultiHeadAttention  # noqa: E402
 from models.vqgan import VQGAN, load_vqgan  # noqa: E402
-from utils import ImageDataset, data_stats, load_checkpoint, peak_tflops, sha256_file  # noqa: E402
+from utils import ImageDataset, data_stats, load_checkpoint, load_config, peak_tflops, sha256_file  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -39,7 +39,8 @@ def tiny_mp(dropout=0.0, k=K):
                                        num_heads=4, dropout=dropout))
 
 
-SETTINGS = dict(tt.TRAIN_DEFAULTS, batch_size=4, accum_grad=2)
+COURSE_TRAIN = dict(tt.TRAIN_DEFAULTS, **load_config(ROOT / 'configs' / 'MaskGit.yml')['train'])  # every key
+SETTINGS = dict(COURSE_TRAIN, batch_size=4, accum_grad=2)
 
 
 @pytest.fixture(scope='module')
@@ -57,8 +58,8 @@ def lab(tmp_path_factory):
     torch.save(VQGAN(TINY_VQ).state_dict(), d / 'vq.pt')
     mp = tiny_mp(dropout=0.1)
     mp['VQ_Configs'] = {'VQ_config_path': str(d / 'vq.yml'), 'VQ_CKPT_path': str(d / 'vq.pt')}
-    train = dict(epochs=2, batch_size=4, accum_grad=1, learning_rate=3e-3, warmup_steps=2, save_per_epoch=1,
-                 cache_dir=str(d / 'cache'))
+    train = dict(COURSE_TRAIN, epochs=2, batch_size=4, accum_grad=1, learning_rate=3e-3, warmup_steps=2,
+                 save_per_epoch=1, cache_dir=str(d / 'cache'))
     (d / 'mg.yml').write_text(yaml.safe_dump({'model_param': mp, 'train': train}))
     return d
 
@@ -302,12 +303,13 @@ def test_token_cache_flips_reuse_and_stale_rebuild(lab, tmp_path):
     def get_vqgan():
         calls.append(1)
         return vq
-    kw = dict(vq_config_path=str(lab / 'vq.yml'), cache_dir=str(tmp_path), get_vqgan=get_vqgan, log=logs.append)
-    tok = load_tokens(str(lab / 'train'), vq_ckpt_path=str(lab / 'vq.pt'), **kw)
+    vq_cfg = load_config(lab / 'vq.yml')
+    kw = dict(cache_dir=str(tmp_path), get_vqgan=get_vqgan, log=logs.append)
+    tok = load_tokens(str(lab / 'train'), vqgan_meta(vq_cfg, lab / 'vq.pt'), **kw)
     assert tok.shape == (24, N) and len(calls) == 1
     x = torch.stack([ImageDataset(str(lab / 'train'), 1.0, *data_stats({}))[i] for i in range(2)])
     assert torch.equal(tok[:4].long(), torch.stack([vq.encode_indices(x), vq.encode_indices(x.flip(-1))], 1).flatten(0, 1))
-    assert torch.equal(load_tokens(str(lab / 'train'), vq_ckpt_path=str(lab / 'vq.pt'), **kw), tok) and len(calls) == 1
+    assert torch.equal(load_tokens(str(lab / 'train'), vqgan_meta(vq_cfg, lab / 'vq.pt'), **kw), tok) and len(calls) == 1
     # MaskGit on images runs the same frozen VQGAN; a VQGAN with other codes is refused
     m = MaskGit(tiny_mp(), vq)
     assert torch.equal(m.encode_to_z(x)[1], tok[0:4:2].long()) and m(x)[1].shape == (2, N)
@@ -316,7 +318,7 @@ def test_token_cache_flips_reuse_and_stale_rebuild(lab, tmp_path):
     # another checkpoint: the cache is stale and re-encoded in place
     torch.manual_seed(5)
     torch.save(VQGAN(TINY_VQ).state_dict(), tmp_path / 'other.pt')
-    load_tokens(str(lab / 'train'), vq_ckpt_path=str(tmp_path / 'other.pt'), **kw)
+    load_tokens(str(lab / 'train'), vqgan_meta(vq_cfg, tmp_path / 'other.pt'), **kw)
     assert len(calls) == 2 and any('stale' in m and 'vqgan_sha256' in m for m in logs)
     meta = load_checkpoint(cache_path(str(tmp_path), str(lab / 'train')))['meta']
     assert meta['vqgan_sha256'] == sha256_file(tmp_path / 'other.pt')
@@ -408,3 +410,31 @@ def test_bad_inputs_give_clear_errors(lab, tmp_path):
                         *run_args(lab, tmp_path, '--vqgan-ckpt', str(tmp_path / 'missing.pt'))],
                        capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 1 and p.stderr.strip().count('\n') == 0 and 'VQGAN checkpoint not found' in p.stderr
+
+
+def test_training_settings_have_one_home(lab, tmp_path):
+    """The course's config sets every training key but TRAIN_DEFAULTS'; a key set nowhere is a one-line error."""
+    course = load_config(ROOT / 'configs' / 'MaskGit.yml')['train']
+    assert set(tt.TRAIN_KEYS) == set(course) | set(tt.TRAIN_DEFAULTS) and not set(course) & set(tt.TRAIN_DEFAULTS)
+    assert set(tt.TRAIN_KEYS) <= set(load_config(ROOT / 'configs' / 'MaskGit_small.yml')['train'])
+    cfg = yaml.safe_load((lab / 'mg.yml').read_text())
+    del cfg['train']['label_smoothing'], cfg['train']['epochs']
+    (tmp_path / 'partial.yml').write_text(yaml.safe_dump(cfg))
+    args = run_args(lab, tmp_path, '--MaskGitConfig', str(tmp_path / 'partial.yml'), '--epochs', '1')
+    with pytest.raises(ValueError, match=r"^config \S*partial\.yml: train\.label_smoothing is missing"):
+        tt.main(args)                                                   # --epochs supplies the other one
+
+
+def test_a_run_parses_the_vqgan_config_and_hashes_its_checkpoint_once(lab, tmp_path, monkeypatch):
+    """A run that encodes (a fresh cache: train, val and the val holes) still reads vq.yml and hashes vq.pt once."""
+    import models.token_cache
+    import utils
+    parsed, hashed = [], []
+    safe_load, sha256 = yaml.safe_load, utils.sha256_file
+    monkeypatch.setattr(yaml, 'safe_load', lambda f: parsed.append(os.path.basename(getattr(f, 'name', ''))) or
+                        safe_load(f))
+    for module in (utils, models.token_cache):
+        monkeypatch.setattr(module, 'sha256_file', lambda p, *a: hashed.append(os.path.basename(p)) or sha256(p, *a))
+    tt.main(run_args(lab, tmp_path, '--cache-dir', str(tmp_path / 'cache'), '--epochs', '1'))
+    assert (tmp_path / 'log.csv').is_file() and len(os.listdir(tmp_path / 'cache')) == 2
+    assert parsed.count('vq.yml') == 1 and parsed.count('mg.yml') == 1 and hashed.count('vq.pt') == 1, (parsed, hashed)
