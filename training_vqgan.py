@@ -15,6 +15,8 @@ import os
 import random
 import sys
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -27,6 +29,8 @@ from models.vqgan import VQGAN, model_state_dict
 from utils import (ImageDataset, data_stats, denormalize, export_checkpoint, load_checkpoint,
                    load_config, load_state_dict_checked, resolve_device, save_checkpoint, save_grid, seed_everything)
 
+# The course VQGAN's training settings (configs/VQGAN.yml, the course's file, has no train: section); a config's
+# train: section overrides them key by key.
 TRAIN_DEFAULTS = dict(batch_size=16, accum_grad=1, learning_rate=2.25e-4, betas=[0.5, 0.9], epochs=10,
                       l1_weight=1.0, l2_weight=1.0, disc_start=2000, disc_weight=0.5,
                       disc_config='configs/Discriminator.yml', run_dir='runs/vqgan')
@@ -62,8 +66,8 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def settings(args, cfg):
-    """The config's train: section with defaults, overridden by the flags that were given."""
+def train_settings(cfg, args):
+    """The config's train: section over TRAIN_DEFAULTS, then the flags given; folders from its data: section."""
     t = {**TRAIN_DEFAULTS, **(cfg.get('train') or {})}
     data = cfg.get('data') or {}
     for key in ('batch_size', 'accum_grad', 'epochs', 'learning_rate', 'disc_start', 'run_dir'):
@@ -111,7 +115,7 @@ def evaluate(model, loader, device, mean, std, amp):
     return dict(val_l1=l1 / n, val_psnr=psnr / n, usage_pct=usage, perplexity=perplexity)
 
 
-# ----------------------------------------------------------------------------- checkpoints
+# ----------------------------------------------------------------------------- outputs: RNG state, log.csv
 
 def rng_state(loader_gen):
     np_state = np.random.get_state()
@@ -133,7 +137,17 @@ def set_rng_state(state, loader_gen):
         torch.cuda.set_rng_state_all(state['cuda'])
 
 
-# ----------------------------------------------------------------------------- training
+def append_log(row, path):
+    """One row of log.csv (header first, in a new file)."""
+    new = not os.path.exists(path)
+    with open(path, 'a', newline='') as f:
+        w = csv.DictWriter(f, CSV_FIELDS)
+        if new:
+            w.writeheader()
+        w.writerow({k: (f'{v:.5g}' if isinstance(v, float) else v) for k, v in row.items()})
+
+
+# ----------------------------------------------------------------------------- one step
 
 def amp_setup(device):
     """(autocast factory, GradScaler): bf16 on CUDA where supported (no scaling needed), else fp16 with a
@@ -178,117 +192,155 @@ def optimiser_step(opt, opt_d, scaler, gan_on):
     opt_d.zero_grad(set_to_none=True)
 
 
-def train(args):
-    """Run (or continue) a training; returns the last validation metrics with epoch and step."""
-    cfg = load_config(args.config)
-    if 'model_param' not in cfg:
-        raise ValueError(f"config {args.config} has no 'model_param' section")
-    t = settings(args, cfg)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    seed_everything(args.seed)
-    device = resolve_device(args.device)
-    mean, std = data_stats(cfg, 'train')
-    run_dir = t['run_dir']
-    os.makedirs(run_dir, exist_ok=True)
+# ----------------------------------------------------------------------------- the run
 
+@dataclass
+class Run:
+    """The models, their optimisers and what training changes; last.pt holds all of it (checkpoint)."""
+    model: VQGAN
+    disc: Discriminator
+    opt: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    amp: Callable                   # autocast factory (amp_setup)
+    scaler: torch.amp.GradScaler
+    loader_gen: torch.Generator     # draws the training order; saved, so --resume continues it
+    epoch: int = 0                  # finished epochs
+    step: int = 0                   # optimiser steps taken
+    best_psnr: float = -math.inf
+
+    def checkpoint(self, cfg, metrics):
+        return dict(model=self.model.state_dict(), disc=self.disc.state_dict(), opt=self.opt.state_dict(),
+                    opt_disc=self.opt_d.state_dict(), scaler=self.scaler.state_dict(), epoch=self.epoch,
+                    step=self.step, best_psnr=self.best_psnr, rng=rng_state(self.loader_gen), config=cfg,
+                    metrics=metrics)
+
+
+@dataclass
+class Data:
+    train: DataLoader
+    val: DataLoader
+    grid: torch.Tensor              # the first 8 val images, reconstructed in recon_epochNNN.png
+    mean: tuple                     # the normalisation of both splits
+    std: tuple
+
+
+def build(cfg, t, seed, device):
+    """VQGAN, PatchGAN discriminator and their Adam optimisers, freshly initialised."""
     model = VQGAN(cfg['model_param']).to(device)
     disc = Discriminator(load_config(t['disc_config'])['model_param']).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=t['learning_rate'], betas=tuple(t['betas']), eps=1e-8)
     opt_d = torch.optim.Adam(disc.parameters(), lr=t['learning_rate'], betas=tuple(t['betas']), eps=1e-8)
     amp, scaler = amp_setup(device)
+    return Run(model, disc, opt, opt_d, amp, scaler, torch.Generator().manual_seed(seed))
 
+
+def load_data(cfg, t, args, loader_gen, device):
+    mean, std = data_stats(cfg, 'train')
     train_set = ImageDataset(t['train_path'], args.partial, mean, std)
     val_set = ImageDataset(t['val_path'], args.partial, mean, std)
-    loader_gen = torch.Generator().manual_seed(args.seed)
     train_loader = DataLoader(train_set, batch_size=t['batch_size'], shuffle=True, drop_last=True,
-                              num_workers=args.num_workers, generator=loader_gen,
-                              pin_memory=device.type == 'cuda')
+                              num_workers=args.num_workers, generator=loader_gen, pin_memory=device.type == 'cuda')
     if len(train_loader) == 0:
         raise ValueError(f"{t['train_path']}: {len(train_set)} images are fewer than one batch of {t['batch_size']}")
     val_loader = DataLoader(val_set, batch_size=64, num_workers=args.num_workers)
+    grid = torch.stack([val_set[i] for i in range(min(8, len(val_set)))]).to(device)
+    return Data(train_loader, val_loader, grid, mean, std)
 
-    epoch = step = 0
-    best_psnr = -math.inf
-    if args.resume:
-        ck = load_checkpoint(args.resume)
-        if not isinstance(ck, dict) or 'opt' not in ck:
-            raise ValueError(f"{args.resume} is not a training checkpoint of training_vqgan.py (no optimiser state)")
-        load_state_dict_checked(model, ck['model'], args.resume)
-        load_state_dict_checked(disc, ck['disc'], args.resume)
-        opt.load_state_dict(ck['opt'])
-        opt_d.load_state_dict(ck['opt_disc'])
-        scaler.load_state_dict(ck['scaler'])
-        epoch, step, best_psnr = ck['epoch'], ck['step'], ck['best_psnr']
-        set_rng_state(ck['rng'], loader_gen)
-        print(f"resumed from {args.resume}: epoch {epoch}, step {step}, best PSNR {best_psnr:.2f} dB")
 
-    def checkpoint(metrics):
-        return dict(model=model.state_dict(), disc=disc.state_dict(), opt=opt.state_dict(),
-                    opt_disc=opt_d.state_dict(), scaler=scaler.state_dict(), epoch=epoch, step=step,
-                    best_psnr=best_psnr, rng=rng_state(loader_gen), config=cfg, metrics=metrics)
+def resume(run, path):
+    """Models, optimisers, scaler, counters and RNG state (training order included) from a last.pt/best.pt."""
+    ck = load_checkpoint(path)
+    if not isinstance(ck, dict) or 'opt' not in ck:
+        raise ValueError(f"{path} is not a training checkpoint of training_vqgan.py (no optimiser state)")
+    load_state_dict_checked(run.model, ck['model'], path)
+    load_state_dict_checked(run.disc, ck['disc'], path)
+    run.opt.load_state_dict(ck['opt'])
+    run.opt_d.load_state_dict(ck['opt_disc'])
+    run.scaler.load_state_dict(ck['scaler'])
+    run.epoch, run.step, run.best_psnr = ck['epoch'], ck['step'], ck['best_psnr']
+    set_rng_state(ck['rng'], run.loader_gen)
+    print(f"resumed from {path}: epoch {run.epoch}, step {run.step}, best PSNR {run.best_psnr:.2f} dB")
 
-    log_path = os.path.join(run_dir, 'log.csv')
-    grid_x = torch.stack([val_set[i] for i in range(min(8, len(val_set)))]).to(device)
-    accum = t['accum_grad']
-    start = time.time()
-    metrics = {}
+
+def train_epoch(run, data, t, args, device, start):
+    """One pass over the training images, or until --max-steps / --max-minutes; returns (the mean training
+    losses, whether a limit stopped it)."""
+    sums = dict(loss=0.0, rec=0.0, q=0.0)
+    n_batches = 0
     stop = False
-    model.train()
-    disc.train()
-    while epoch < t['epochs'] and not stop:
-        sums = dict(loss=0.0, rec=0.0, q=0.0)
-        n_batches = 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{t['epochs']}", dynamic_ncols=True, leave=False)
-        for i, x in enumerate(bar):
-            x = x.to(device, non_blocking=True)
-            gan_on = step >= t['disc_start']
-            try:
-                loss, rec, q_loss = train_step(model, disc, x, t, gan_on, amp, scaler, accum)
-            except NonFiniteLoss as e:
-                raise NonFiniteLoss(f"{e} at step {step} of epoch {epoch + 1}") from None
-            if (i + 1) % accum == 0:
-                optimiser_step(opt, opt_d, scaler, gan_on)
-                step += 1
-            sums['loss'] += loss.item()
-            sums['rec'] += rec.item()
-            sums['q'] += q_loss.item()
-            n_batches += 1
-            bar.set_postfix(loss=f"{loss.item():.4f}", rec=f"{rec.item():.4f}", step=step)
-            stop = ((args.max_steps is not None and step >= args.max_steps)
-                    or (args.max_minutes is not None and time.time() - start > 60 * args.max_minutes))
-            if stop:
-                break
-        epoch += 1
-        metrics = evaluate(model, val_loader, device, mean, std, amp)
-        row = dict(epoch=epoch, step=step, **{f'train_{k}': v / max(n_batches, 1) for k, v in sums.items()},
-                   **metrics, seconds=round(time.time() - start, 1))
-        new = not os.path.exists(log_path)
-        with open(log_path, 'a', newline='') as f:
-            w = csv.DictWriter(f, CSV_FIELDS)
-            if new:
-                w.writeheader()
-            w.writerow({k: (f'{v:.5g}' if isinstance(v, float) else v) for k, v in row.items()})
-        print(f"epoch {epoch} step {step}: val PSNR {metrics['val_psnr']:.2f} dB, L1 {metrics['val_l1']:.4f}, "
-              f"codebook usage {metrics['usage_pct']:.1f}%, perplexity {metrics['perplexity']:.1f}", flush=True)
-        model.eval()
-        with torch.no_grad(), amp():
-            recon = model(grid_x)[0].float()
-        model.train()
-        save_grid(torch.cat([denormalize(grid_x, mean, std), denormalize(recon, mean, std)]),
-                  os.path.join(run_dir, f'recon_epoch{epoch:03d}.png'), nrow=len(grid_x))
-        bad = next((n for n, p in [*model.named_parameters(), *disc.named_parameters()]
-                    if not torch.isfinite(p).all()), None)
-        if bad or not math.isfinite(metrics['val_l1']):  # the last update is checked before anything is saved
-            raise NonFiniteLoss(f"{'weight ' + bad if bad else 'validation L1'} is not finite after step {step} "
-                                f"(epoch {epoch}); nothing saved")
-        is_best = metrics['val_psnr'] > best_psnr
-        best_psnr = max(best_psnr, metrics['val_psnr'])
-        ck = checkpoint(metrics)
-        save_checkpoint(ck, os.path.join(run_dir, 'last.pt'))  # with a .sha256 sidecar
-        if is_best:
-            save_checkpoint(ck, os.path.join(run_dir, 'best.pt'))
-    return dict(epoch=epoch, step=step, **metrics)
+    bar = tqdm(data.train, desc=f"epoch {run.epoch + 1}/{t['epochs']}", dynamic_ncols=True, leave=False)
+    for i, x in enumerate(bar):
+        x = x.to(device, non_blocking=True)
+        gan_on = run.step >= t['disc_start']
+        try:
+            loss, rec, q_loss = train_step(run.model, run.disc, x, t, gan_on, run.amp, run.scaler, t['accum_grad'])
+        except NonFiniteLoss as e:
+            raise NonFiniteLoss(f"{e} at step {run.step} of epoch {run.epoch + 1}") from None
+        if (i + 1) % t['accum_grad'] == 0:
+            optimiser_step(run.opt, run.opt_d, run.scaler, gan_on)
+            run.step += 1
+        sums['loss'] += loss.item()
+        sums['rec'] += rec.item()
+        sums['q'] += q_loss.item()
+        n_batches += 1
+        bar.set_postfix(loss=f"{loss.item():.4f}", rec=f"{rec.item():.4f}", step=run.step)
+        stop = ((args.max_steps is not None and run.step >= args.max_steps)
+                or (args.max_minutes is not None and time.time() - start > 60 * args.max_minutes))
+        if stop:
+            break
+    return {f'train_{k}': v / max(n_batches, 1) for k, v in sums.items()}, stop
+
+
+def end_of_epoch(run, data, t, cfg, device, losses, start):
+    """Validate, log, write the reconstruction grid, check the weights, then save last.pt (and best.pt)."""
+    metrics = evaluate(run.model, data.val, device, data.mean, data.std, run.amp)
+    append_log(dict(epoch=run.epoch, step=run.step, **losses, **metrics, seconds=round(time.time() - start, 1)),
+               os.path.join(t['run_dir'], 'log.csv'))
+    print(f"epoch {run.epoch} step {run.step}: val PSNR {metrics['val_psnr']:.2f} dB, L1 {metrics['val_l1']:.4f}, "
+          f"codebook usage {metrics['usage_pct']:.1f}%, perplexity {metrics['perplexity']:.1f}", flush=True)
+    run.model.eval()
+    with torch.no_grad(), run.amp():
+        recon = run.model(data.grid)[0].float()
+    run.model.train()
+    save_grid(torch.cat([denormalize(data.grid, data.mean, data.std), denormalize(recon, data.mean, data.std)]),
+              os.path.join(t['run_dir'], f'recon_epoch{run.epoch:03d}.png'), nrow=len(data.grid))
+    bad = next((n for n, p in [*run.model.named_parameters(), *run.disc.named_parameters()]
+                if not torch.isfinite(p).all()), None)
+    if bad or not math.isfinite(metrics['val_l1']):  # the last update is checked before anything is saved
+        raise NonFiniteLoss(f"{'weight ' + bad if bad else 'validation L1'} is not finite after step {run.step} "
+                            f"(epoch {run.epoch}); nothing saved")
+    is_best = metrics['val_psnr'] > run.best_psnr
+    run.best_psnr = max(run.best_psnr, metrics['val_psnr'])
+    ck = run.checkpoint(cfg, metrics)
+    save_checkpoint(ck, os.path.join(t['run_dir'], 'last.pt'))  # with a .sha256 sidecar
+    if is_best:
+        save_checkpoint(ck, os.path.join(t['run_dir'], 'best.pt'))
+    return metrics
+
+
+def train(args):
+    """Run (or continue) a training; returns the last validation metrics with epoch and step."""
+    cfg = load_config(args.config)
+    if 'model_param' not in cfg:
+        raise ValueError(f"config {args.config} has no 'model_param' section")
+    t = train_settings(cfg, args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    device = resolve_device(args.device)
+    os.makedirs(t['run_dir'], exist_ok=True)
+    run = build(cfg, t, args.seed, device)
+    data = load_data(cfg, t, args, run.loader_gen, device)
+    if args.resume:
+        resume(run, args.resume)
+    start, metrics, stopped = time.time(), {}, False
+    run.model.train()
+    run.disc.train()
+    while run.epoch < t['epochs'] and not stopped:
+        losses, stopped = train_epoch(run, data, t, args, device, start)
+        run.epoch += 1
+        metrics = end_of_epoch(run, data, t, cfg, device, losses, start)
+    return dict(epoch=run.epoch, step=run.step, **metrics)
 
 
 def main(argv=None):
@@ -298,7 +350,7 @@ def main(argv=None):
             return export_checkpoint(args.export, args.out, model_state_dict)
         train(args)
     except NonFiniteLoss as e:
-        run_dir = args.run_dir or settings(args, load_config(args.config))['run_dir']
+        run_dir = args.run_dir or train_settings(load_config(args.config), args)['run_dir']
         sys.exit(f"training_vqgan.py: {e}; stopped, last good checkpoint kept in {run_dir}/last.pt")
     except (FileNotFoundError, ValueError) as e:  # bad config, folder or checkpoint: one line, no traceback
         sys.exit(f"training_vqgan.py: {e}")
