@@ -24,19 +24,21 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from models.masks import fill_holes, normalised_fill, pixel_mask_bank
-from models.vqgan import load_vqgan, model_state_dict
+from models.vqgan import VQGAN, load_vqgan, model_state_dict
 from utils import (ImageDataset, MaskDataset, atomic_open, data_stats, export_checkpoint, latent_mask,
                    load_checkpoint, load_config, load_state_dict_checked, resolve_device, save_checkpoint,
                    seed_everything)
 
-DEFAULTS = dict(epochs=4, batch_size=32, learning_rate=1e-4, clean_frac=0.5, tau=0.02, feature_weight=1.0,
-                mask_bank=4096, run_dir='runs/encoder')
+# The config's train_encoder: section is the one home of these settings (configs/VQGAN_small.yml sets them all);
+# a missing key is an error naming it.
+TRAIN_KEYS = ('epochs', 'batch_size', 'learning_rate', 'clean_frac', 'tau', 'feature_weight', 'mask_bank', 'run_dir')
 LOG_FIELDS = ('epoch', 'step', 'train_loss', 'known_agree', 'clean_agree', 'seconds')
 
 
@@ -58,18 +60,24 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def settings(cfg, args):
-    """The config's train_encoder: section over DEFAULTS, flags over both; folders from its data: section."""
-    s = {**DEFAULTS, **(cfg.get('train_encoder') or {})}
+def train_settings(cfg, args):
+    """The config's train_encoder: section, flags over it; folders from its data: section."""
+    s = dict(cfg.get('train_encoder') or {})
     for key in ('epochs', 'batch_size', 'learning_rate', 'run_dir'):
         if getattr(args, key) is not None:
             s[key] = getattr(args, key)
+    missing = [key for key in TRAIN_KEYS if key not in s]
+    if missing:
+        raise ValueError(f"config {args.config}: train_encoder.{missing[0]} is missing "
+                         f"(configs/VQGAN_small.yml's train_encoder: section sets every key)")
     data = cfg.get('data') or {}
     s['train_path'] = data.get('train_path', 'data/openclipart/train')
     s['val_path'] = data.get('val_path', 'data/openclipart/val')
     s['val_mask_path'] = data.get('val_mask_path', os.path.join(os.path.dirname(s['val_path']), 'val_mask64'))
     return s
 
+
+# ----------------------------------------------------------------------------- distillation
 
 def features(vqgan, x):
     """Images [B, 3, H, W] -> projected encoder features [B*h*w, D] (row-major tokens)."""
@@ -103,25 +111,48 @@ def evaluate(student, teacher, images, masks, fill, batch_size=64):
     return (sums[0] / sums[1]).item(), (sums[2] / sums[3]).item()
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    if args.export:
-        return export_checkpoint(args.export, args.out, model_state_dict)
-    cfg = load_config(args.config)
-    s = settings(cfg, args)
-    seed_everything(args.seed)
-    device = resolve_device(args.device)
-    mean, std = data_stats(cfg, 'train')
-    fill = normalised_fill(mean, std, device)
+# ----------------------------------------------------------------------------- the run
 
-    teacher = load_vqgan(args.config, args.vqgan_ckpt, device)
+@dataclass
+class Run:
+    """The student (encoder and quant_conv trained), the frozen teacher, the optimizer and the progress that
+    last.pt keeps."""
+    student: VQGAN
+    teacher: VQGAN
+    params: list                    # what the optimizer trains
+    opt: torch.optim.Optimizer
+    epoch: int = 0                  # finished epochs
+    step: int = 0                   # optimizer steps taken
+    best: float = -math.inf         # the best known_agree so far (best.pt)
+    rows: list = field(default_factory=list)  # log.csv
+
+    def progress(self):
+        return dict(epoch=self.epoch, step=self.step, best=self.best, rows=self.rows)
+
+
+@dataclass
+class Data:
+    train_x: torch.Tensor           # [N, 3, H, W] normalised, on the CPU
+    val_x: torch.Tensor             # [n, 3, H, W] on the device
+    val_m: torch.Tensor             # [n, 1, H, W] their fixed masks (1 = keep)
+    bank: torch.Tensor              # [M, 1, H, W] training masks from the dataset's generator
+    fill: torch.Tensor              # [3] the holes' grey, normalised
+    steps_per_epoch: int
+
+
+def build(args, cfg, s, device):
+    """Teacher (the tokenizer, frozen) and student (its copy, encoder and quant_conv trainable), AdamW."""
+    teacher = load_vqgan(args.config, args.vqgan_ckpt, device, cfg=cfg)
     student = copy.deepcopy(teacher).train()
     student.requires_grad_(False)
     params = list(student.encoder.parameters()) + list(student.quant_conv.parameters())
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=s['learning_rate'], weight_decay=0.0)
+    return Run(student, teacher, params, torch.optim.AdamW(params, lr=s['learning_rate'], weight_decay=0.0))
 
+
+def load_data(args, cfg, s, img_resolution, device):
+    mean, std = data_stats(cfg, 'train')
     train = ImageDataset(s['train_path'], args.partial, mean, std)
     val_x = torch.stack([x for x in ImageDataset(s['val_path'], args.partial, mean, std)]).to(device)
     val_m = torch.stack([m for m in MaskDataset(s['val_mask_path'], args.partial)]).to(device)
@@ -129,79 +160,120 @@ def main(argv=None):
         raise ValueError(f"{s['val_path']} has {len(val_x)} images but {s['val_mask_path']} {len(val_m)} masks "
                          f"(rebuild the dataset with prepare_dataset.py)")
     log(f"loading {len(train)} training images")
-    train_x = torch.stack([train[i] for i in tqdm(range(len(train)), desc='load', leave=False)])  # [N, 3, H, W]
-    bank = pixel_mask_bank(s['mask_bank'], teacher.img_resolution, args.seed)                  # [M, 1, H, W]
-    f = teacher.img_resolution // teacher.latent_resolution
-    steps_per_epoch = len(train_x) // s['batch_size']
-    total = s['epochs'] * steps_per_epoch
+    train_x = torch.stack([train[i] for i in tqdm(range(len(train)), desc='load', leave=False)])
+    bank = pixel_mask_bank(s['mask_bank'], img_resolution, args.seed)
+    return Data(train_x, val_x, val_m, bank, normalised_fill(mean, std, device), len(train_x) // s['batch_size'])
 
-    run_dir = s['run_dir']
-    st = dict(epoch=0, step=0, best=-math.inf, rows=[])
-    last, best = os.path.join(run_dir, 'last.pt'), os.path.join(run_dir, 'best.pt')
-    if args.resume:
-        ck = load_checkpoint(last)
-        load_state_dict_checked(student, ck['model'], last)
-        opt.load_state_dict(ck['opt'])
-        st = {k: ck[k] for k in st}
-        log(f"resumed from {last}: epoch {st['epoch']}, step {st['step']}")
-    else:
-        known, clean = evaluate(student, teacher, val_x, val_m, fill)
-        log(f"before fine-tuning: known_agree {known:.4f}, clean_agree {clean:.4f}")
-        st['rows'].append(dict(epoch=0, step=0, train_loss=float('nan'), known_agree=known, clean_agree=clean,
-                               seconds=0.0))
 
-    start = time.time()
-    while st['epoch'] < s['epochs']:
-        g = torch.Generator().manual_seed(args.seed * 1000 + st['epoch'])  # the epoch's order, masks and flips
-        order = torch.randperm(len(train_x), generator=g)
-        mask_idx = torch.randint(len(bank), (len(train_x),), generator=g)
-        clean = torch.rand(len(train_x), generator=g) < s['clean_frac']
-        flip = torch.rand(len(train_x), generator=g) < 0.5
-        loss_sum, n = 0.0, 0
-        first = st['step'] - st['epoch'] * steps_per_epoch
-        for i in tqdm(range(first, steps_per_epoch), desc=f"epoch {st['epoch'] + 1}/{s['epochs']}"):
-            k = order[i * s['batch_size']:(i + 1) * s['batch_size']]
-            x = torch.where(flip[k][:, None, None, None], train_x[k].flip(-1), train_x[k]).to(device)
-            m = torch.where(clean[k][:, None, None, None], torch.ones_like(bank[:1]), bank[mask_idx[k]]).to(device)
-            with torch.no_grad():
-                z_t = features(teacher, x)                                     # [B*N, D]
-                codes_t = teacher.codebook.distances(z_t).argmin(1)           # [B*N]
-            known = ~latent_mask(m, f).flatten()                               # [B*N]
-            lr = s['learning_rate'] * 0.5 * (1 + math.cos(math.pi * st['step'] / max(1, total)))
-            for grp in opt.param_groups:
-                grp['lr'] = lr
-            loss = distill_loss(student, z_t, codes_t, fill_holes(x, m, fill), known, s['tau'], s['feature_weight'])
-            if not torch.isfinite(loss):
-                raise ValueError(f"non-finite loss at step {st['step']}; {last} and {best} untouched")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            st['step'] += 1
-            loss_sum, n = loss_sum + loss.item(), n + 1
-            if args.max_minutes is not None and time.time() - start > 60 * args.max_minutes:
-                break
-        stopped = st['step'] < (st['epoch'] + 1) * steps_per_epoch
-        known_a, clean_a = evaluate(student, teacher, val_x, val_m, fill)
-        if not all(torch.isfinite(p).all() for p in params):
-            raise ValueError(f"non-finite weights after step {st['step']}; {last} and {best} untouched")
-        if not stopped:
-            st['epoch'] += 1
-        st['rows'].append(dict(epoch=st['epoch'], step=st['step'], train_loss=loss_sum / max(n, 1),
-                               known_agree=known_a, clean_agree=clean_a, seconds=time.time() - start))
-        log(f"epoch {st['epoch']} step {st['step']}: loss {loss_sum / max(n, 1):.4f}, known_agree {known_a:.4f}, "
-            f"clean_agree {clean_a:.4f}")
-        ck = dict(model=student.state_dict(), opt=opt.state_dict(), config=cfg, **st)
-        if known_a > st['best']:
-            st['best'] = ck['best'] = known_a
-            save_checkpoint(ck, best)
-        save_checkpoint(ck, last)
-        with atomic_open(os.path.join(run_dir, 'log.csv'), newline='') as fh:
-            w = csv.DictWriter(fh, LOG_FIELDS)
-            w.writeheader()
-            w.writerows(st['rows'])
-        if stopped:
+def checkpoint_paths(s):
+    return os.path.join(s['run_dir'], 'last.pt'), os.path.join(s['run_dir'], 'best.pt')
+
+
+def resume(run, s):
+    """Student, optimizer and progress from last.pt in the run folder."""
+    last = checkpoint_paths(s)[0]
+    ck = load_checkpoint(last)
+    load_state_dict_checked(run.student, ck['model'], last)
+    run.opt.load_state_dict(ck['opt'])
+    run.epoch, run.step, run.best, run.rows = ck['epoch'], ck['step'], ck['best'], ck['rows']
+    log(f"resumed from {last}: epoch {run.epoch}, step {run.step}")
+
+
+def log_start(run, data):
+    """Row 0 of log.csv: the tokenizer before fine-tuning."""
+    known, clean = evaluate(run.student, run.teacher, data.val_x, data.val_m, data.fill)
+    log(f"before fine-tuning: known_agree {known:.4f}, clean_agree {clean:.4f}")
+    run.rows.append(dict(epoch=0, step=0, train_loss=float('nan'), known_agree=known, clean_agree=clean, seconds=0.0))
+
+
+def train_step(run, data, s, x, m):
+    """One AdamW step on images x [B, 3, H, W] with masks m [B, 1, H, W] (cosine lr); returns the loss."""
+    with torch.no_grad():
+        z_t = features(run.teacher, x)                                     # [B*N, D]
+        codes_t = run.teacher.codebook.distances(z_t).argmin(1)           # [B*N]
+    known = ~latent_mask(m, run.teacher.img_resolution // run.teacher.latent_resolution).flatten()  # [B*N]
+    total = s['epochs'] * data.steps_per_epoch
+    lr = s['learning_rate'] * 0.5 * (1 + math.cos(math.pi * run.step / max(1, total)))
+    for grp in run.opt.param_groups:
+        grp['lr'] = lr
+    loss = distill_loss(run.student, z_t, codes_t, fill_holes(x, m, data.fill), known, s['tau'], s['feature_weight'])
+    if not torch.isfinite(loss):
+        raise ValueError(f"non-finite loss at step {run.step}; {' and '.join(checkpoint_paths(s))} untouched")
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    run.opt.step()
+    run.step += 1
+    return loss.item()
+
+
+def train_epoch(run, data, s, args, device, start):
+    """The steps of epoch run.epoch + 1 (from where a resumed run stopped), or until --max-minutes; returns
+    their mean loss."""
+    n_img, b = len(data.train_x), s['batch_size']
+    g = torch.Generator().manual_seed(args.seed * 1000 + run.epoch)  # the epoch's order, masks and flips
+    order = torch.randperm(n_img, generator=g)
+    mask_idx = torch.randint(len(data.bank), (n_img,), generator=g)
+    clean = torch.rand(n_img, generator=g) < s['clean_frac']
+    flip = torch.rand(n_img, generator=g) < 0.5
+    loss_sum, n = 0.0, 0
+    first = run.step - run.epoch * data.steps_per_epoch
+    for i in tqdm(range(first, data.steps_per_epoch), desc=f"epoch {run.epoch + 1}/{s['epochs']}"):
+        k = order[i * b:(i + 1) * b]
+        x = torch.where(flip[k][:, None, None, None], data.train_x[k].flip(-1), data.train_x[k]).to(device)
+        m = torch.where(clean[k][:, None, None, None], torch.ones_like(data.bank[:1]), data.bank[mask_idx[k]])
+        m = m.to(device)
+        loss_sum, n = loss_sum + train_step(run, data, s, x, m), n + 1
+        if args.max_minutes is not None and time.time() - start > 60 * args.max_minutes:
             break
-    return st
+    return loss_sum / max(n, 1)
+
+
+def end_of_epoch(run, data, s, cfg, train_loss, start):
+    """Validate and check, then save last.pt (and best.pt) and log.csv; returns whether --max-minutes
+    stopped the epoch short (it then stays unfinished: --resume continues it)."""
+    stopped = run.step < (run.epoch + 1) * data.steps_per_epoch
+    known_a, clean_a = evaluate(run.student, run.teacher, data.val_x, data.val_m, data.fill)
+    last, best = checkpoint_paths(s)
+    if not all(torch.isfinite(p).all() for p in run.params):
+        raise ValueError(f"non-finite weights after step {run.step}; {last} and {best} untouched")
+    if not stopped:
+        run.epoch += 1
+    run.rows.append(dict(epoch=run.epoch, step=run.step, train_loss=train_loss, known_agree=known_a,
+                         clean_agree=clean_a, seconds=time.time() - start))
+    log(f"epoch {run.epoch} step {run.step}: loss {train_loss:.4f}, known_agree {known_a:.4f}, "
+        f"clean_agree {clean_a:.4f}")
+    ck = dict(model=run.student.state_dict(), opt=run.opt.state_dict(), config=cfg, **run.progress())
+    if known_a > run.best:
+        run.best = ck['best'] = known_a
+        save_checkpoint(ck, best)
+    save_checkpoint(ck, last)
+    with atomic_open(os.path.join(s['run_dir'], 'log.csv'), newline='') as fh:
+        w = csv.DictWriter(fh, LOG_FIELDS)
+        w.writeheader()
+        w.writerows(run.rows)
+    return stopped
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.export:
+        return export_checkpoint(args.export, args.out, model_state_dict)
+    cfg = load_config(args.config)
+    s = train_settings(cfg, args)
+    seed_everything(args.seed)
+    device = resolve_device(args.device)
+    run = build(args, cfg, s, device)
+    data = load_data(args, cfg, s, run.teacher.img_resolution, device)
+    if args.resume:
+        resume(run, s)
+    else:
+        log_start(run, data)
+    start = time.time()
+    while run.epoch < s['epochs']:
+        train_loss = train_epoch(run, data, s, args, device, start)
+        if end_of_epoch(run, data, s, cfg, train_loss, start):
+            break
+    return run.progress()
 
 
 def log(msg):

@@ -241,3 +241,25 @@ def test_context_cache_is_the_masked_image_encoded_and_is_reused(lab, tmp_path):
     assert calls == [1, 1] and torch.equal(again[0], context)                       # reused: no encode
     load_context_tokens(*args[:4], pixel_mask_bank(8, 16, seed=1), 2, 0)            # another bank: stale
     assert calls == [1, 1, 1]
+
+
+def test_encoder_script_resumes_bit_for_bit_and_names_a_missing_key(lab, tmp_path):
+    small = load_config(ROOT / 'configs' / 'VQGAN_small.yml')['train_encoder']
+    assert set(small) == set(te.TRAIN_KEYS)                             # the config is the settings' one home
+    enc = dict(small, epochs=2, batch_size=4, learning_rate=1e-3, mask_bank=16, run_dir=str(tmp_path / 'a'))
+    cfg = {'model_param': TINY_VQ, 'train_encoder': enc,
+           'data': dict(train_path=str(lab / 'train'), val_path=str(lab / 'val'))}
+    (tmp_path / 'vq.yml').write_text(yaml.safe_dump(cfg))
+    base = ['--config', str(tmp_path / 'vq.yml'), '--vqgan-ckpt', str(lab / 'vq.pt'), '--device', 'cpu']
+    full = te.main(base)
+    assert full['step'] == 2 * 3 and [r['epoch'] for r in full['rows']] == [0, 1, 2]
+    cut = te.main(base + ['--run-dir', str(tmp_path / 'b'), '--max-minutes', '0'])  # stops after one step
+    assert (cut['epoch'], cut['step']) == (0, 1)
+    resumed = te.main(base + ['--run-dir', str(tmp_path / 'b'), '--resume'])
+    assert (resumed['epoch'], resumed['step']) == (2, 6)
+    a, b = (load_checkpoint(tmp_path / run / 'last.pt') for run in 'ab')
+    assert all(torch.equal(a['model'][k], b['model'][k]) for k in a['model'])
+    del cfg['train_encoder']['clean_frac']
+    (tmp_path / 'vq.yml').write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ValueError, match=r"^config \S*vq\.yml: train_encoder\.clean_frac is missing"):
+        te.main(base)

@@ -309,7 +309,8 @@ def test_token_cache_flips_reuse_and_stale_rebuild(lab, tmp_path):
     assert tok.shape == (24, N) and len(calls) == 1
     x = torch.stack([ImageDataset(str(lab / 'train'), 1.0, *data_stats({}))[i] for i in range(2)])
     assert torch.equal(tok[:4].long(), torch.stack([vq.encode_indices(x), vq.encode_indices(x.flip(-1))], 1).flatten(0, 1))
-    assert torch.equal(load_tokens(str(lab / 'train'), vqgan_meta(vq_cfg, lab / 'vq.pt'), **kw), tok) and len(calls) == 1
+    again = load_tokens(str(lab / 'train'), vqgan_meta(vq_cfg, lab / 'vq.pt'), **kw)
+    assert torch.equal(again, tok) and len(calls) == 1
     # MaskGit on images runs the same frozen VQGAN; a VQGAN with other codes is refused
     m = MaskGit(tiny_mp(), vq)
     assert torch.equal(m.encode_to_z(x)[1], tok[0:4:2].long()) and m(x)[1].shape == (2, N)
