@@ -45,7 +45,7 @@ def main():
     torch.manual_seed(0)
     vqgan = VQGAN(vq_p).to(device).eval().requires_grad_(False)
     raw = MaskGit(mp).to(device)
-    s = {**tt.TRAIN_DEFAULTS, **(cfg.get('train') or {}), 'batch_size': args.batch_size, 'accum_grad': 1}
+    s = {**tt.config_train(cfg), 'batch_size': args.batch_size, 'accum_grad': 1}
     opt = tt.make_optimizer(raw, s, device)
     b, n_tok, res = args.batch_size, raw.num_image_tokens, vq_p['img_resolution']
     images = torch.randn(b, 3, res, res, device=device)

@@ -1,4 +1,5 @@
 """Bidirectional transformer, MaskGit masking/loss, token cache and training_transformer.py (tiny configs, CPU)."""
+import argparse
 import math
 import os
 import socket
@@ -39,7 +40,7 @@ def tiny_mp(dropout=0.0, k=K):
                                        num_heads=4, dropout=dropout))
 
 
-COURSE_TRAIN = dict(tt.TRAIN_DEFAULTS, **load_config(ROOT / 'configs' / 'MaskGit.yml')['train'])  # every key
+COURSE_TRAIN = load_config(ROOT / 'configs' / 'MaskGit.yml')['train']  # every key
 SETTINGS = dict(COURSE_TRAIN, batch_size=4, accum_grad=2)
 
 
@@ -413,17 +414,16 @@ def test_bad_inputs_give_clear_errors(lab, tmp_path):
     assert p.returncode == 1 and p.stderr.strip().count('\n') == 0 and 'VQGAN checkpoint not found' in p.stderr
 
 
-def test_training_settings_have_one_home(lab, tmp_path):
-    """The course's config sets every training key but TRAIN_DEFAULTS'; a key set nowhere is a one-line error."""
-    course = load_config(ROOT / 'configs' / 'MaskGit.yml')['train']
-    assert set(tt.TRAIN_KEYS) == set(course) | set(tt.TRAIN_DEFAULTS) and not set(course) & set(tt.TRAIN_DEFAULTS)
-    assert set(tt.TRAIN_KEYS) <= set(load_config(ROOT / 'configs' / 'MaskGit_small.yml')['train'])
-    cfg = yaml.safe_load((lab / 'mg.yml').read_text())
-    del cfg['train']['label_smoothing'], cfg['train']['epochs']
-    (tmp_path / 'partial.yml').write_text(yaml.safe_dump(cfg))
-    args = run_args(lab, tmp_path, '--MaskGitConfig', str(tmp_path / 'partial.yml'), '--epochs', '1')
-    with pytest.raises(ValueError, match=r"^config \S*partial\.yml: train\.label_smoothing is missing"):
-        tt.main(args)                                                   # --epochs supplies the other one
+def test_training_settings_have_one_home(tmp_path):
+    """configs/MaskGit.yml's train: section is every config's defaults: the course's config (no train:) trains
+    with them, a config's own key overrides only that key, and a flag overrides both."""
+    flags = lambda **kw: argparse.Namespace(**{**dict.fromkeys(tt.FLAG_KEYS), **kw})
+    course_model_only = {'model_param': load_config(ROOT / 'configs' / 'MaskGit.yml')['model_param']}
+    assert tt.train_settings(course_model_only, flags()) == COURSE_TRAIN
+    small = load_config(ROOT / 'configs' / 'MaskGit_small.yml')
+    assert set(small['train']) <= set(COURSE_TRAIN)                   # no key that only one config knows
+    s = tt.train_settings({'train': {'label_smoothing': 0.2}}, flags(epochs=3))
+    assert s == dict(COURSE_TRAIN, label_smoothing=0.2, epochs=3)
 
 
 def test_a_run_parses_the_vqgan_config_and_hashes_its_checkpoint_once(lab, tmp_path, monkeypatch):
