@@ -21,13 +21,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from dataset import PairedTestDataset, data_stats, denormalize, load_rgb, pil_to_tensor01, tensor01_to_pil
 from models.baselines import have_opencv, opencv_fill
 from models.decoding import decode, image_seeds, mask_schedule
 from models.maskgit import SCHEDULES, MaskGit, gamma_func, transformer_state_dict
+from models.masks import latent_mask
 from models.vqgan import load_vqgan
-from utils import (PairedTestDataset, atomic_save_image, check_writable, data_stats, denormalize, latent_mask,
-                   load_checkpoint, load_config, load_rgb, load_state_dict_checked, pil_to_tensor01, resolve_device,
-                   save_grid, tensor01_to_pil)
+from plots import save_grid
+from utils import (atomic_save_image, check_writable, load_checkpoint, load_config, load_state_dict_checked,
+                   resolve_device)
 
 SUMMARY_IMAGES = 4  # images per row of schedules.png
 

@@ -25,8 +25,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from dataset import IMAGE_EXTS, MASK_FILL, write_gt_csv
 from models.masks import make_mask, mask_rng
-from utils import IMAGE_EXTS, MASK_FILL, write_gt_csv
 
 OPENCLIPART_DIR = '/usr/share/openclipart/png'
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'

@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from models.masks import fill_holes, normalised_fill, pixel_mask_bank
+from dataset import ImageDataset, MaskDataset, data_stats
+from models.masks import fill_holes, latent_mask, normalised_fill, pixel_mask_bank
 from models.vqgan import VQGAN, load_vqgan, model_state_dict
-from utils import (ImageDataset, MaskDataset, atomic_open, data_stats, export_checkpoint, latent_mask,
-                   load_checkpoint, load_config, load_state_dict_checked, resolve_device, save_checkpoint,
-                   seed_everything)
+from utils import (atomic_open, export_checkpoint, load_checkpoint, load_config, load_state_dict_checked,
+                   resolve_device, save_checkpoint, seed_everything)
 
 # The config's train_encoder: section is the one home of these settings (configs/VQGAN_small.yml sets them all);
 # a missing key is an error naming it.

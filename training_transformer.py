@@ -31,12 +31,14 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
+from dataset import ImageDataset, MaskDataset, data_stats
 from models.maskgit import MaskGit, masked_accuracy, mvtm_loss, transformer_state_dict
-from models.masks import pixel_mask_bank
+from models.masks import latent_mask, pixel_mask_bank
 from models.token_cache import load_context_tokens, load_tokens, vqgan_meta
 from models.vqgan import load_vqgan
-from utils import (ImageDataset, MaskDataset, atomic_open, data_stats, export_checkpoint, latent_mask, load_checkpoint,
-                   load_config, load_state_dict_checked, plot_curves, resolve_device, save_checkpoint, seed_everything)
+from plots import plot_curves
+from utils import (atomic_open, export_checkpoint, load_checkpoint, load_config, load_state_dict_checked,
+                   resolve_device, save_checkpoint, seed_everything)
 
 # configs/MaskGit.yml's train: section is the one home of the training defaults: a config's own train: section
 # (absent in the course's MaskGit.yml) overrides them key by key, and flags of the same name override both.

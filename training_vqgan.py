@@ -24,10 +24,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from dataset import ImageDataset, data_stats, denormalize
 from models.discriminator import Discriminator
 from models.vqgan import VQGAN, model_state_dict
-from utils import (ImageDataset, data_stats, denormalize, export_checkpoint, load_checkpoint,
-                   load_config, load_state_dict_checked, resolve_device, save_checkpoint, save_grid, seed_everything)
+from plots import save_grid
+from utils import (export_checkpoint, load_checkpoint, load_config, load_state_dict_checked, resolve_device,
+                   save_checkpoint, seed_everything)
 
 # The course VQGAN's training settings (configs/VQGAN.yml, the course's file, has no train: section); a config's
 # train: section overrides them key by key.

@@ -22,10 +22,12 @@ import torch
 from PIL import Image, ImageFilter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.join(ROOT, 'faster-pytorch-fid'), ROOT]
-import fid_score_gpu as fsg  # noqa: E402
-import inception_weights as iw  # noqa: E402
-from utils import list_images, load_rgb, peak_tflops, resolve_device  # noqa: E402
+sys.path.insert(0, ROOT)  # run as a script: the repo root
+from benchmarks.flops import peak_tflops  # noqa: E402
+from dataset import list_images, load_rgb  # noqa: E402
+from fid import inception as iw  # noqa: E402
+from fid import score as fsg  # noqa: E402
+from utils import resolve_device  # noqa: E402
 
 SCRIPT = os.path.join(ROOT, 'faster-pytorch-fid', 'fid_score_gpu.py')
 

@@ -24,11 +24,12 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script: the repo root
+from benchmarks.flops import peak_tflops  # noqa: E402
 from models.decoding import _GUMBEL, _SAMPLE, decode, image_seeds, uniforms  # noqa: E402
 from models.maskgit import gamma_func  # noqa: E402
 from models.transformer import BidirectionalTransformer  # noqa: E402
-from utils import load_config, peak_tflops, resolve_device  # noqa: E402
+from utils import load_config, resolve_device  # noqa: E402
 
 
 @torch.no_grad()

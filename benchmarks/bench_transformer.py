@@ -17,11 +17,12 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script: the repo root
 import training_transformer as tt  # noqa: E402
+from benchmarks.flops import peak_tflops  # noqa: E402
 from models.maskgit import MaskGit  # noqa: E402
 from models.vqgan import VQGAN  # noqa: E402
-from utils import load_config, peak_tflops, resolve_device  # noqa: E402
+from utils import load_config, resolve_device  # noqa: E402
 
 
 def main():

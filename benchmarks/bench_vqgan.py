@@ -13,7 +13,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script: the repo root
 from models.discriminator import Discriminator  # noqa: E402
 from models.vqgan import VQGAN  # noqa: E402
 from training_vqgan import TRAIN_DEFAULTS, amp_setup, optimiser_step, train_step  # noqa: E402

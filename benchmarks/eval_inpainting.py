@@ -23,13 +23,14 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.join(ROOT, 'faster-pytorch-fid'), ROOT]
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script: the repo root
 import inpainting  # noqa: E402
-from fid_score_gpu import compute_fid  # noqa: E402
+from dataset import (PairedTestDataset, data_stats, denormalize, load_rgb, normalize, pil_to_tensor01,  # noqa: E402
+                     tensor01_to_pil)
+from fid import compute_fid  # noqa: E402
 from models.baselines import have_opencv, mean_fill, opencv_fill  # noqa: E402
-from utils import (PairedTestDataset, atomic_open, atomic_save_image, data_stats, denormalize,  # noqa: E402
-                   load_rgb, normalize, pil_to_tensor01, resolve_device, save_grid, tensor01_to_pil)
+from plots import save_grid  # noqa: E402
+from utils import atomic_open, atomic_save_image, resolve_device  # noqa: E402
 
 BASELINES = ('telea', 'navier_stokes', 'mean_fill', 'vqgan_recon', 'vqgan_recon_paste')
 SPLITS = {'val': ('val_masked_image', 'val_mask64', 'val'), 'test': ('masked_image', 'mask64', 'test')}

@@ -6,9 +6,10 @@ Pixel masks are PIL mode L, 0 = hole, 255 = keep (the course's polarity). Token 
 """
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from utils import MASK_FILL, latent_mask
+from dataset import MASK_FILL
 
 
 def make_mask(size, rng, hole_min, hole_max):
@@ -66,6 +67,18 @@ def pixel_mask_bank(n, size, seed, hole_min=0.1, hole_max=0.5):
     """n training pixel masks [n, 1, size, size] float, 1 = keep, 0 = hole (the 'train' stream)."""
     masks = [np.asarray(make_mask(size, mask_rng(seed, 'train', i), hole_min, hole_max)) for i in range(n)]
     return torch.from_numpy(np.stack(masks)[:, None] > 0).float()
+
+
+def latent_mask(mask, factor=4):
+    """Pixel mask (1 = keep) [B, 1, H, W] or [B, H, W] -> token mask [B, H/f, W/f], True = unknown.
+
+    The course's rule: average-pool by `factor`; a token stays visible only if all its pixels are kept.
+    """
+    if mask.dim() == 3:
+        mask = mask[:, None]
+    if mask.shape[-1] % factor or mask.shape[-2] % factor:
+        raise ValueError(f"mask size {tuple(mask.shape[-2:])} is not divisible by the VQGAN's factor {factor}")
+    return F.avg_pool2d(mask.float(), factor)[:, 0] < 1  # [B, H/f, W/f]
 
 
 def token_mask_bank(n, size, factor, seed, hole_min=0.1, hole_max=0.5):

@@ -14,8 +14,9 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from dataset import ImageDataset, data_stats, list_images
 from models.masks import fill_holes, normalised_fill
-from utils import ImageDataset, atomic_save, data_stats, list_images, load_checkpoint, sha256_file
+from utils import atomic_save, load_checkpoint, sha256_file
 
 FORMAT = 1
 

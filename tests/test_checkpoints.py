@@ -8,12 +8,12 @@ import torch
 from PIL import Image, ImageDraw
 
 import inpainting
+from dataset import MASK_FILL, data_stats, load_rgb, normalize, pil_to_tensor01
 from models.decoding import decode, image_seeds
 from models.maskgit import MaskGit, gamma_func
+from models.masks import latent_mask, make_mask
 from models.vqgan import load_vqgan
-from models.masks import make_mask
-from utils import (MASK_FILL, data_stats, latent_mask, load_checkpoint, load_config, load_rgb, normalize,
-                   pil_to_tensor01, sha256_file)
+from utils import load_checkpoint, load_config, sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ROOT / 'configs' / 'MaskGit_small.yml'

@@ -1,4 +1,4 @@
-"""prepare_dataset.py and the loaders of utils.py, on small image folders made here."""
+"""prepare_dataset.py and the loaders of dataset.py, on small image folders made here."""
 import gzip
 import json
 import os
@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 
 import prepare_dataset as pd
+from dataset import (MASK_FILL, TEST_MEAN, TEST_STD, TRAIN_MEAN, TRAIN_STD, ImageDataset, MaskDataset,
+                     PairedTestDataset, data_stats, read_gt_csv, write_gt_csv)
 from models import masks
-from utils import (MASK_FILL, TEST_MEAN, TEST_STD, TRAIN_MEAN, TRAIN_STD, ImageDataset, MaskDataset,
-                   PairedTestDataset, data_stats, latent_mask, read_gt_csv, write_gt_csv)
+from models.masks import latent_mask
 
 
 def make_source(root, n=40, seed=0):
@@ -307,7 +308,7 @@ def test_bad_flags_rejected():
             pd.parse_args(argv)
 
 
-# ----------------------------------------------------------------------------- loaders (utils.py)
+# ----------------------------------------------------------------------------- loaders (dataset.py)
 
 def test_image_dataset_sorted_partial_and_normalised(dataset):
     _, out = dataset

@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-FID_DIR = ROOT / 'faster-pytorch-fid'
-sys.path[:0] = [str(FID_DIR), str(ROOT)]
-import fid_score_gpu as fs  # noqa: E402
-import inception_weights as iw  # noqa: E402
-from pytorch_fid import fid_score as pfs  # noqa: E402
-from utils import write_gt_csv  # noqa: E402
+from pytorch_fid import fid_score as pfs
+
+from dataset import write_gt_csv
+from fid import inception as iw
+from fid import score as fs
+
+FID_DIR = Path(__file__).resolve().parents[1] / 'faster-pytorch-fid'
 
 
 @pytest.fixture(scope='session')

@@ -2,8 +2,6 @@
 import copy
 import math
 import random
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,17 +9,15 @@ import torch
 import yaml
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import inpainting  # noqa: E402
-from models.baselines import have_opencv  # noqa: E402
-from models.decoding import (_GUMBEL, _SAMPLE, _hash32, _sample, decode, generate, image_seeds,  # noqa: E402
-                             mask_schedule, uniforms)
-from models.maskgit import MaskGit, gamma_func  # noqa: E402
-from models.transformer import BidirectionalTransformer  # noqa: E402
-from models.vqgan import VQGAN  # noqa: E402
-from utils import atomic_save, latent_mask  # noqa: E402
+import inpainting
+from models.baselines import have_opencv
+from models.decoding import (_GUMBEL, _SAMPLE, _hash32, _sample, decode, generate, image_seeds, mask_schedule,
+                             uniforms)
+from models.maskgit import MaskGit, gamma_func
+from models.masks import latent_mask
+from models.transformer import BidirectionalTransformer
+from models.vqgan import VQGAN
+from utils import atomic_save
 
 K, SIDE = 32, 8
 N = SIDE * SIDE

@@ -14,15 +14,13 @@ import torch
 import yaml
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import inpainting  # noqa: E402
-import training_vqgan  # noqa: E402
-import utils  # noqa: E402
-from models.maskgit import MaskGit  # noqa: E402
-from models.vqgan import VQGAN  # noqa: E402
-from utils import PairedTestDataset, atomic_open, atomic_save, load_checkpoint, save_checkpoint  # noqa: E402
+import inpainting
+import training_vqgan
+import utils
+from dataset import PairedTestDataset
+from models.maskgit import MaskGit
+from models.vqgan import VQGAN
+from utils import atomic_open, atomic_save, load_checkpoint, save_checkpoint
 
 IMG, LAT, CODES = 16, 4, 16
 VQ = dict(image_channels=3, enc_channels=[8, 8, 8], dec_channels=[8, 8], latent_dim=8, img_resolution=IMG,

@@ -1,6 +1,5 @@
 """Test-like holes at training time, validation masks, the mask-robust encoder, and checks before saving."""
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,18 +8,18 @@ import torch
 import yaml
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import inpainting
+import prepare_dataset
+import training_encoder as te
+import training_transformer as tt
+from dataset import MASK_FILL
+from models.maskgit import MaskGit
+from models.masks import (fill_holes, hole_fraction, latent_mask, make_mask, mask_rng, normalised_fill,
+                          pixel_mask_bank, token_mask_bank)
+from models.vqgan import VQGAN
+from utils import load_checkpoint, load_config, sha256_file
 
-import inpainting  # noqa: E402
-import prepare_dataset  # noqa: E402
-import training_encoder as te  # noqa: E402
-import training_transformer as tt  # noqa: E402
-from models.maskgit import MaskGit  # noqa: E402
-from models.masks import (fill_holes, hole_fraction, make_mask, mask_rng, normalised_fill, pixel_mask_bank,  # noqa: E402
-                          token_mask_bank)
-from models.vqgan import VQGAN  # noqa: E402
-from utils import MASK_FILL, latent_mask, load_checkpoint, load_config, sha256_file  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 torch.set_num_threads(1)
 TINY_VQ = dict(image_channels=3, enc_channels=[8, 8, 16], dec_channels=[8, 16], latent_dim=8, img_resolution=16,
@@ -222,7 +221,7 @@ def test_an_exploding_update_is_never_saved(lab, tmp_path):
 def test_context_cache_is_the_masked_image_encoded_and_is_reused(lab, tmp_path):
     from models.token_cache import load_context_tokens, load_tokens, vqgan_meta
     from models.vqgan import load_vqgan
-    from utils import ImageDataset, TRAIN_MEAN, TRAIN_STD
+    from dataset import TRAIN_MEAN, TRAIN_STD, ImageDataset
     vq = load_vqgan(str(lab / 'vq.yml'), str(lab / 'vq.pt'))
     calls = []
     get = lambda: calls.append(1) or vq

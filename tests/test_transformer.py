@@ -16,15 +16,16 @@ import torch.multiprocessing as tmp_mp
 import yaml
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import training_transformer as tt
+from benchmarks.flops import peak_tflops
+from dataset import ImageDataset, data_stats
+from models.maskgit import MaskGit, gamma_func, mvtm_loss
+from models.token_cache import cache_path, load_tokens, vqgan_meta
+from models.transformer import BidirectionalTransformer, MultiHeadAttention
+from models.vqgan import VQGAN, load_vqgan
+from utils import load_checkpoint, load_config, sha256_file
 
-import training_transformer as tt  # noqa: E402
-from models.maskgit import MaskGit, gamma_func, mvtm_loss  # noqa: E402
-from models.token_cache import cache_path, load_tokens, vqgan_meta  # noqa: E402
-from models.transformer import BidirectionalTransformer, MultiHeadAttention  # noqa: E402
-from models.vqgan import VQGAN, load_vqgan  # noqa: E402
-from utils import ImageDataset, data_stats, load_checkpoint, load_config, peak_tflops, sha256_file  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 torch.set_num_threads(1)
 

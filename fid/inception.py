@@ -12,8 +12,7 @@ from unittest import mock
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root, for utils
-from utils import atomic_save, load_checkpoint  # noqa: E402
+from utils import atomic_save, load_checkpoint
 
 PT_FID_FILE = 'pt_inception-2015-12-05-6726825d.pth'  # pytorch-fid's name in <torch hub>/checkpoints
 CONVERTED_FILE = 'pt_inception-2015-12-05-from-fid-helper-0.1.3.pth'  # ours; never pytorch-fid's name

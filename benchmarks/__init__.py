@@ -1,0 +1,1 @@
+"""Speed, parity and quality measurements, run as scripts: python benchmarks/NAME.py (see README.md)."""
