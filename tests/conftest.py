@@ -1,10 +1,40 @@
-"""Shared fixtures: the course's checkpoint manifests (key, shape per line)."""
+"""Shared fixtures and tiny configs: the course's checkpoint manifests, and a tiny lab of images and a VQGAN."""
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+import yaml
+from PIL import Image
+
+from models.vqgan import VQGAN
+from utils import load_config
 
 SHARED_LAB = Path(__file__).resolve().parents[2] / 'shared' / 'lab'  # the course interface, when checked out beside us
 TEST_DATA = Path(__file__).resolve().parent / 'data'                 # our copies, so a plain clone can run the tests
+
+# A VQGAN for 16x16 images with a 4x4 latent and K codes: N tokens an image, seconds to train on a CPU.
+TINY_VQ = dict(image_channels=3, enc_channels=[8, 8, 16], dec_channels=[8, 16], latent_dim=8, img_resolution=16,
+               latent_resolution=4, num_codebook_vectors=16, beta=0.25, gn_groups=4, enc_res_blocks=1,
+               dec_res_blocks=1)
+K, N = 16, 16
+COURSE_TRAIN = load_config(Path(__file__).resolve().parents[1] / 'configs' / 'MaskGit.yml')['train']  # every key
+
+
+def tiny_mp(dropout=0.0, k=K, **transformer):
+    """A tiny MaskGit model_param over TINY_VQ's tokens (VQ_Configs empty); `transformer` overrides
+    Transformer_param's keys."""
+    tr = dict(num_image_tokens=N, num_codebook_vectors=k, dim=32, n_layers=2, hidden_dim=64, num_heads=4,
+              dropout=dropout)
+    return dict(VQ_Configs={}, num_image_tokens=N, num_codebook_vectors=k, choice_temperature=4.5, gamma_type='cosine',
+                Transformer_param={**tr, **transformer})
+
+
+def run_args(lab, out, *extra):
+    """training_transformer.py's flags for a run on a lab's mg.yml and images, writing into `out`."""
+    return ['--MaskGitConfig', str(lab / 'mg.yml'), '--train_d_path', str(lab / 'train'), '--val_d_path',
+            str(lab / 'val'), '--checkpoint-path', str(out / 'last_ckpt.pt'), '--device', 'cpu', '--num_workers', '0',
+            *extra]
 
 
 @pytest.fixture(scope='session')
@@ -16,3 +46,25 @@ def course_manifest():
         return [(k, tuple(int(s) for s in shape.split('x'))) for k, shape in rows]
     return read
 
+
+@pytest.fixture(scope='session')
+def make_lab(tmp_path_factory):
+    """make_lab(vq_param, mp, **train) -> a new folder with random 16x16 images in train/ (12) and val/ (4), a
+    random-init VQGAN (vq.yml, vq.pt; seed 0) and mg.yml: the MaskGit model_param `mp` on that VQGAN with
+    COURSE_TRAIN changed by `train` (token cache in cache/). A module's `lab` fixture adds what its tests need."""
+    def make(vq_param, mp, **train):
+        d = tmp_path_factory.mktemp('lab')
+        rng = np.random.default_rng(0)
+        for split, n in (('train', 12), ('val', 4)):
+            (d / split).mkdir()
+            for i in range(n):
+                image = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+                Image.fromarray(image).save(d / split / f'image_{i:05d}.png')
+        (d / 'vq.yml').write_text(yaml.safe_dump({'model_param': vq_param}))
+        torch.manual_seed(0)
+        torch.save(VQGAN(vq_param).state_dict(), d / 'vq.pt')
+        mp = dict(mp, VQ_Configs=dict(VQ_config_path=str(d / 'vq.yml'), VQ_CKPT_path=str(d / 'vq.pt')))
+        train = dict(COURSE_TRAIN, cache_dir=str(d / 'cache'), **train)
+        (d / 'mg.yml').write_text(yaml.safe_dump({'model_param': mp, 'train': train}))
+        return d
+    return make

@@ -12,6 +12,7 @@ import inpainting
 import prepare_dataset
 import training_encoder as te
 import training_transformer as tt
+from conftest import K, N, TINY_VQ, run_args, tiny_mp
 from dataset import MASK_FILL
 from models.maskgit import MaskGit
 from models.masks import (fill_holes, hole_fraction, latent_mask, make_mask, mask_rng, normalised_fill,
@@ -22,16 +23,8 @@ from utils import load_checkpoint, load_config, sha256_file
 ROOT = Path(__file__).resolve().parents[1]
 
 torch.set_num_threads(1)
-TINY_VQ = dict(image_channels=3, enc_channels=[8, 8, 16], dec_channels=[8, 16], latent_dim=8, img_resolution=16,
-               latent_resolution=4, num_codebook_vectors=16, beta=0.25, gn_groups=4, enc_res_blocks=1,
-               dec_res_blocks=1, l2_codes=True)
-K, N = 16, 16
-
-
-def tiny_mp():
-    return dict(VQ_Configs={}, num_image_tokens=N, num_codebook_vectors=K, choice_temperature=4.5, gamma_type='cosine',
-                Transformer_param=dict(num_image_tokens=N, num_codebook_vectors=K, dim=32, n_layers=1, hidden_dim=32,
-                                       num_heads=4, dropout=0.0))
+TINY_VQ_L2 = dict(TINY_VQ, l2_codes=True)  # the small config's cosine code lookup
+TINY_MP = tiny_mp(n_layers=1, hidden_dim=32)
 
 
 # ----------------------------------------------------------------------------- masks
@@ -85,7 +78,7 @@ def test_prepare_dataset_writes_fixed_val_masks(tmp_path):
 
 
 def test_hole_masking_stays_in_the_hole_and_follows_gamma():
-    m = MaskGit(tiny_mp())
+    m = MaskGit(TINY_MP)
     z = torch.randint(0, K, (4, N))
     region = torch.zeros(4, N, dtype=torch.bool)
     region[0, :5], region[1, 3:13], region[2] = True, True, True
@@ -112,7 +105,7 @@ def test_hole_rows_mix_cached_holes_and_paper_masks():
 
 
 def test_context_outside_the_hole_is_what_the_model_reads():
-    m = MaskGit(tiny_mp()).eval()
+    m = MaskGit(TINY_MP).eval()
     z, other = torch.randint(0, K, (2, N)), torch.randint(0, K, (2, N))
     region = torch.zeros(2, N, dtype=torch.bool)
     region[:, :6] = True
@@ -134,8 +127,8 @@ def test_cli_default_decodes_by_argmax():
 
 def test_encoder_distillation_raises_known_token_agreement():
     torch.manual_seed(0)
-    teacher = VQGAN(TINY_VQ).eval()
-    student = VQGAN(TINY_VQ)
+    teacher = VQGAN(TINY_VQ_L2).eval()
+    student = VQGAN(TINY_VQ_L2)
     student.load_state_dict(teacher.state_dict())
     fill = normalised_fill((0.5,) * 3, (0.25,) * 3)
     assert torch.allclose(fill * 0.25 + 0.5, torch.tensor(MASK_FILL) / 255)
@@ -168,13 +161,10 @@ def test_encoder_distillation_raises_known_token_agreement():
 # ----------------------------------------------------------------------------- no unchecked weights saved
 
 @pytest.fixture(scope='module')
-def lab(tmp_path_factory):
-    d = tmp_path_factory.mktemp('lab')
-    rng = np.random.default_rng(0)
-    for split, n in (('train', 12), ('val', 4)):
-        (d / split).mkdir()
-        for i in range(n):
-            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(d / split / f'image_{i:05d}.png')
+def lab(make_lab):
+    """The tiny lab trained for one epoch on test-like holes, with validation masks and masked images."""
+    d = make_lab(TINY_VQ_L2, TINY_MP, epochs=1, batch_size=4, accum_grad=1, learning_rate=3e-3, warmup_steps=1,
+                 save_per_epoch=0, hole_mask_frac=0.5, mask_bank=32, context_variants=2)
     (d / 'val_mask64').mkdir()
     (d / 'val_masked_image').mkdir()
     for i in range(4):
@@ -183,21 +173,7 @@ def lab(tmp_path_factory):
         shown = np.asarray(Image.open(d / 'val' / f'image_{i:05d}.png')).copy()
         shown[m == 0] = MASK_FILL
         Image.fromarray(shown).save(d / 'val_masked_image' / f'image_{i:05d}.png')
-    (d / 'vq.yml').write_text(yaml.safe_dump({'model_param': TINY_VQ}))
-    torch.manual_seed(0)
-    torch.save(VQGAN(TINY_VQ).state_dict(), d / 'vq.pt')
-    mp = dict(tiny_mp(), VQ_Configs=dict(VQ_config_path=str(d / 'vq.yml'), VQ_CKPT_path=str(d / 'vq.pt')))
-    train = dict(load_config(ROOT / 'configs' / 'MaskGit.yml')['train'], epochs=1, batch_size=4, accum_grad=1,
-                 learning_rate=3e-3, warmup_steps=1, save_per_epoch=0, cache_dir=str(d / 'cache'), hole_mask_frac=0.5,
-                 mask_bank=32, context_variants=2)
-    (d / 'mg.yml').write_text(yaml.safe_dump({'model_param': mp, 'train': train}))
     return d
-
-
-def run_args(lab, out, *extra):
-    return ['--MaskGitConfig', str(lab / 'mg.yml'), '--train_d_path', str(lab / 'train'), '--val_d_path',
-            str(lab / 'val'), '--checkpoint-path', str(out / 'last_ckpt.pt'), '--device', 'cpu', '--num_workers', '0',
-            *extra]
 
 
 def test_hole_training_logs_val_hole_accuracy(lab, tmp_path):
@@ -246,7 +222,7 @@ def test_encoder_script_resumes_bit_for_bit_and_names_a_missing_key(lab, tmp_pat
     small = load_config(ROOT / 'configs' / 'VQGAN_small.yml')['train_encoder']
     assert set(small) == set(te.TRAIN_KEYS)                             # the config is the settings' one home
     enc = dict(small, epochs=2, batch_size=4, learning_rate=1e-3, mask_bank=16, run_dir=str(tmp_path / 'a'))
-    cfg = {'model_param': TINY_VQ, 'train_encoder': enc,
+    cfg = {'model_param': TINY_VQ_L2, 'train_encoder': enc,
            'data': dict(train_path=str(lab / 'train'), val_path=str(lab / 'val'))}
     (tmp_path / 'vq.yml').write_text(yaml.safe_dump(cfg))
     base = ['--config', str(tmp_path / 'vq.yml'), '--vqgan-ckpt', str(lab / 'vq.pt'), '--device', 'cpu']

@@ -8,7 +8,6 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -18,6 +17,7 @@ from PIL import Image
 
 import training_transformer as tt
 from benchmarks.flops import peak_tflops
+from conftest import COURSE_TRAIN, K, N, TINY_VQ, run_args, tiny_mp
 from dataset import ImageDataset, data_stats
 from models.maskgit import MaskGit, gamma_func, mvtm_loss
 from models.token_cache import cache_path, load_tokens, vqgan_meta
@@ -29,47 +29,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 torch.set_num_threads(1)
 
-TINY_VQ = dict(image_channels=3, enc_channels=[8, 8, 16], dec_channels=[8, 16], latent_dim=8, img_resolution=16,
-               latent_resolution=4, num_codebook_vectors=16, beta=0.25, gn_groups=4, enc_res_blocks=1,
-               dec_res_blocks=1)
-K, N = 16, 16
-
-
-def tiny_mp(dropout=0.0, k=K):
-    return dict(VQ_Configs={}, num_image_tokens=N, num_codebook_vectors=k, choice_temperature=4.5, gamma_type='cosine',
-                Transformer_param=dict(num_image_tokens=N, num_codebook_vectors=k, dim=32, n_layers=2, hidden_dim=64,
-                                       num_heads=4, dropout=dropout))
-
-
-COURSE_TRAIN = load_config(ROOT / 'configs' / 'MaskGit.yml')['train']  # every key
 SETTINGS = dict(COURSE_TRAIN, batch_size=4, accum_grad=2)
 
 
 @pytest.fixture(scope='module')
-def lab(tmp_path_factory):
-    """Tiny image folders, a random-init tiny VQGAN (config + checkpoint) and a tiny MaskGit config."""
-    d = tmp_path_factory.mktemp('lab')
-    rng = np.random.default_rng(0)
-    for split, n in (('train', 12), ('val', 4)):
-        (d / split).mkdir()
-        for i in range(n):
-            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(d / split / f'image_{i:05d}.png')
+def lab(make_lab):
+    """Tiny image folders (and an empty one), a random-init tiny VQGAN and a MaskGit config: 2 epochs, saving each."""
+    d = make_lab(TINY_VQ, tiny_mp(dropout=0.1), epochs=2, batch_size=4, accum_grad=1, learning_rate=3e-3,
+                 warmup_steps=2, save_per_epoch=1)
     (d / 'empty').mkdir()
-    (d / 'vq.yml').write_text(yaml.safe_dump({'model_param': TINY_VQ}))
-    torch.manual_seed(0)
-    torch.save(VQGAN(TINY_VQ).state_dict(), d / 'vq.pt')
-    mp = tiny_mp(dropout=0.1)
-    mp['VQ_Configs'] = {'VQ_config_path': str(d / 'vq.yml'), 'VQ_CKPT_path': str(d / 'vq.pt')}
-    train = dict(COURSE_TRAIN, epochs=2, batch_size=4, accum_grad=1, learning_rate=3e-3, warmup_steps=2,
-                 save_per_epoch=1, cache_dir=str(d / 'cache'))
-    (d / 'mg.yml').write_text(yaml.safe_dump({'model_param': mp, 'train': train}))
     return d
-
-
-def run_args(lab, out, *extra):
-    return ['--MaskGitConfig', str(lab / 'mg.yml'), '--train_d_path', str(lab / 'train'), '--val_d_path',
-            str(lab / 'val'), '--checkpoint-path', str(out / 'last_ckpt.pt'), '--device', 'cpu', '--num_workers', '0',
-            *extra]
 
 
 # ----------------------------------------------------------------------------- model
