@@ -177,12 +177,26 @@ def test_truncated_image_is_found_before_any_output(lab, tmp_path, capsys):
 
 
 @pytest.mark.parametrize('flags', [['--temperature', 'nan'], ['--temperature', 'inf'], ['--temperature', '-1'],
+                                   ['--choice-temperature', '-1'], ['--total-iter', '0'], ['--refine', '-1'],
                                    ['--partial', '-0.5'], ['--partial', '0'], ['--partial', '1.5'],
                                    ['--partial', 'nan']])
-def test_bad_temperature_and_partial_are_argparse_errors(flags, capsys):
+def test_bad_decoding_flags_and_partial_are_argparse_errors(flags, capsys):
     with pytest.raises(SystemExit) as e:
         inpainting.parse_args(flags)
-    assert e.value.code == 2 and flags[0] in capsys.readouterr().err
+    assert e.value.code == 2 and f"error: {flags[0]} must be" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_bad_decoding_value_in_the_config_is_refused_before_any_output(lab, tmp_path, capsys):
+    cfg = yaml.safe_load((lab / 'mg.yml').read_text())
+    cfg['model_param']['choice_temperature'] = -1.0
+    (tmp_path / 'bad.yml').write_text(yaml.safe_dump(cfg))
+    err = one_line_error(capsys, inpainting.main(['--device', 'cpu', '--MaskGitConfig', str(tmp_path / 'bad.yml'),
+                                                  '--load-transformer-ckpt-path', str(lab / 'tr.pt'),
+                                                  '--test-maskedimage-path', str(lab / 'img'),
+                                                  '--test-mask-path', str(lab / 'mask'),
+                                                  '--output-dir', str(tmp_path / 'o')]))
+    assert err == 'error: --choice-temperature must be a number >= 0, got -1.0'
+    assert not (tmp_path / 'o').exists()
 
 
 def test_negative_partial_is_refused_by_the_dataset_too(lab):
