@@ -12,19 +12,20 @@ ambiguity, sizes, binary masks: a 0/1 mask or a non-mask is refused, a lossy one
 note, one almost all hole warned about) and --output-dir is checked for writing; errors are one line.
 """
 import argparse
-import math
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dataset import PairedTestDataset, data_stats, denormalize, load_rgb, pil_to_tensor01, tensor01_to_pil
+from dataset import PairedTestDataset, data_stats, denormalize, load_rgb, normalize, pil_to_tensor01, tensor01_to_pil
 from models.baselines import have_opencv, opencv_fill
-from models.decoding import decode, image_seeds, mask_schedule
-from models.maskgit import SCHEDULES, MaskGit, gamma_func, transformer_state_dict
+from models.decoding import SCHEDULES, DecodeSettings, decode, image_seeds
+from models.maskgit import MaskGit, transformer_state_dict
 from models.masks import latent_mask
 from models.vqgan import load_vqgan
 from plots import save_grid
@@ -32,6 +33,35 @@ from utils import (atomic_save_image, check_writable, load_checkpoint, load_conf
                    resolve_device)
 
 SUMMARY_IMAGES = 4  # images per row of schedules.png
+
+
+def add_decoding_args(parser):
+    """The decoding flags, one per DecodeSettings field, each default None: an unset flag takes the config's
+    value (model_param: gamma_type, choice_temperature), else DecodeSettings' default."""
+    d = DecodeSettings()
+    parser.add_argument('--total-iter', type=int, default=None, help=f"decoding steps T (default {d.total_iter})")
+    parser.add_argument('--mask-func', default=None, choices=SCHEDULES,
+                        help=f"mask schedule gamma (default: the config's gamma_type, else {d.mask_func})")
+    parser.add_argument('--choice-temperature', type=float, default=None,
+                        help="scale of the Gumbel noise on the confidence, annealed by (1 - r) (default: the "
+                             f"config's choice_temperature, else {d.choice_temperature}; 0 = most likely tokens first)")
+    parser.add_argument('--temperature', type=float, default=None,
+                        help=f"token sampling temperature (default {d.temperature}): 0 = argmax (the course's choice), "
+                             "1 = sample from the model (the paper's generation setting)")
+    parser.add_argument('--sweet-spot', type=int, default=None,
+                        help="stop after this step and fill the rest with the most likely tokens "
+                             f"(default {d.sweet_spot}; <= 0 or >= total: all steps)")
+    parser.add_argument('--seed', type=int, default=None,
+                        help=f"run seed (default {d.seed}); each image's randomness is (seed, image number)")
+    parser.add_argument('--refine', type=int, default=None, metavar='N',
+                        help=f"after decoding, N times (default {d.refine}): paste the input's known pixels over the "
+                             "result, re-encode it for the known tokens' context and decode the holes again (seed + k)")
+    return parser
+
+
+def decoding_settings(args, model_param=None):
+    """DecodeSettings from parsed decoding flags: given > the config's model_param > default."""
+    return DecodeSettings.from_config(model_param, **{f.name: getattr(args, f.name) for f in fields(DecodeSettings)})
 
 
 def parse_args(argv=None):
@@ -46,19 +76,8 @@ def parse_args(argv=None):
                         "(default: the config's checkpoint: path, the shipped one for MaskGit_small.yml)")
     p.add_argument('--test-maskedimage-path', default='data/openclipart/masked_image')
     p.add_argument('--test-mask-path', default='data/openclipart/mask64')
-    p.add_argument('--sweet-spot', type=int, default=-1,
-                   help="stop after this step and fill the rest with the most likely tokens (<=0 or >= total: all steps)")
-    p.add_argument('--total-iter', type=int, default=8, help="decoding steps T")
-    p.add_argument('--mask-func', default=None, choices=SCHEDULES,
-                   help="mask schedule gamma (default: the config's gamma_type)")
-    p.add_argument('--choice-temperature', type=float, default=None,
-                   help="scale of the Gumbel noise on the confidence, annealed by (1 - r) (default: the config's "
-                        "choice_temperature; 0 = reveal the most likely tokens first)")
     p.add_argument('--output-dir', default='.', help="where test_results/, mask_scheduling/, imga/ go")
-    p.add_argument('--seed', type=int, default=0, help="run seed; each image's randomness is (seed, image number)")
-    p.add_argument('--temperature', type=float, default=0.0,
-                   help="token sampling temperature: 0 = argmax (the course's choice, the default), "
-                        "1 = sample from the model (the paper's generation setting)")
+    add_decoding_args(p)
     p.add_argument('--vqgan-ckpt', default=None, help="VQGAN checkpoint (default: VQ_CKPT_path of the config)")
     p.add_argument('--amp', action='store_true', help="bfloat16 autocast for the networks")
     p.add_argument('--paste-known', action='store_true', help="composite the input's known pixels over the result")
@@ -69,15 +88,12 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error("--batch-size must be >= 1")
-    if args.total_iter < 1:
-        p.error("--total-iter must be >= 1")
-    if not math.isfinite(args.temperature) or args.temperature < 0:
-        p.error(f"--temperature must be a number >= 0, got {args.temperature}")
-    if args.choice_temperature is not None and not (math.isfinite(args.choice_temperature)
-                                                    and args.choice_temperature >= 0):
-        p.error(f"--choice-temperature must be a number >= 0, got {args.choice_temperature}")
     if not 0 < args.partial <= 1:  # also refuses nan
         p.error(f"--partial must be in (0, 1], got {args.partial}")
+    try:  # the given flags over the defaults; the config's values are checked when it is read
+        decoding_settings(args)
+    except ValueError as e:
+        p.error(str(e))
     return args
 
 
@@ -116,63 +132,81 @@ def mask_tiles(masks, latent_res, img_res):
 class Inpainter:
     """Tokens in, decoding, images out, for batches of (normalised images, pixel masks, ids)."""
 
-    def __init__(self, model, args, mean, std):
-        self.model, self.args, self.mean, self.std = model, args, mean, std
+    def __init__(self, model, settings, mean, std, amp=False, paste_known=False):
+        self.model, self.settings, self.mean, self.std, self.paste_known = model, settings, mean, std, paste_known
         self.vqgan = model.vqgan
         self.factor = self.vqgan.img_resolution // self.vqgan.latent_resolution
-        self.amp = torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16, enabled=args.amp)
-        # unset flags take the config's values (model_param: gamma_type, choice_temperature)
-        self.mask_func = args.mask_func or model.gamma_type
-        self.choice_temperature = model.choice_temperature if args.choice_temperature is None else args.choice_temperature
+        self.amp = torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16, enabled=amp)
 
     def logits(self, tokens):
         with self.amp:
             return self.model.transformer(tokens)
+
+    def tokens(self, imgs):
+        """Normalised images [B, 3, H, W] -> tokens [B, N]."""
+        with self.amp:
+            return self.vqgan.encode_indices(imgs)
 
     def images(self, tokens):
         """tokens [B, N] -> images [B, 3, H, W] in [0, 1]."""
         with self.amp:
             return denormalize(self.vqgan.decode_indices(tokens).float(), self.mean, self.std)
 
-    @torch.no_grad()
-    def __call__(self, imgs, masks, ids, modes):
-        """Decode a batch; `modes` is one schedule name, or one per image."""
-        a = self.args
-        with self.amp:
-            tokens = self.vqgan.encode_indices(imgs)                             # [B, N]
-        unknown = latent_mask(masks, self.factor).flatten(1)                     # [B, N]
-        modes = [modes] * len(ids) if isinstance(modes, str) else modes
-        counts = unknown.sum(1).cpu()                                            # [B]
-        schedule = torch.empty(a.total_iter, len(modes), dtype=torch.long)       # [T, B]
+    def paste(self, imgs, masks, out):
+        """The input's known pixels over images `out` in [0, 1]."""
+        return masks * denormalize(imgs, self.mean, self.std) + (1 - masks) * out
+
+    def schedule(self, counts, modes):
+        """[T, B] tokens masked after each step: the settings' schedule, one named for all, or one per row."""
+        if modes is None or isinstance(modes, str):
+            return self.settings.schedule(counts, modes)
+        schedule = torch.empty(self.settings.total_iter, len(modes), dtype=torch.long)
         for mode in set(modes):
             rows = torch.tensor([m == mode for m in modes])
-            schedule[:, rows] = mask_schedule(counts[rows], a.total_iter, gamma_func(mode))
-        return decode(self.logits, tokens, unknown, image_seeds(a.seed, ids), None, self.model.mask_token_id,
-                      a.total_iter, a.sweet_spot, a.temperature, self.choice_temperature, schedule)
+            schedule[:, rows] = self.settings.schedule(counts[rows], mode)
+        return schedule
+
+    @torch.no_grad()
+    def __call__(self, imgs, masks, ids, modes=None):
+        """Decode a batch; `modes`: None (the settings' mask_func), one schedule name, or one per image.
+
+        With settings.refine = R, R more rounds k = 1..R: the known tokens are re-encoded from the input's
+        known pixels pasted over the last round's image (context closer to a clean image's than that of the
+        grey holes), and the holes decoded again with the same schedule, seeds from seed + k. Returns the
+        last round's Decoded."""
+        s, K = self.settings, self.model.mask_token_id
+        unknown = latent_mask(masks, self.factor).flatten(1)                     # [B, N]
+        schedule = self.schedule(unknown.sum(1).cpu(), modes)                    # [T, B]
+        out = decode(self.logits, self.tokens(imgs), unknown, image_seeds(s.seed, ids), K, schedule, s)
+        for k in range(1, s.refine + 1):
+            composite = self.paste(imgs, masks, self.images(out.tokens))
+            tokens = self.tokens(normalize(composite, self.mean, self.std))
+            out = decode(self.logits, tokens, unknown, image_seeds(s.seed + k, ids), K, schedule, s)
+        return out
 
     def final(self, imgs, masks, out):
-        """Decoded images, with the input's known pixels pasted back under --paste-known."""
+        """Decoded images, with the input's known pixels pasted back under paste_known."""
         img = self.images(out.tokens)
-        if self.args.paste_known:
-            img = masks * denormalize(imgs, self.mean, self.std) + (1 - masks) * img
-        return img
+        return self.paste(imgs, masks, img) if self.paste_known else img
+
+    def render(self, imgs, masks, out):
+        """(every step's image [S, B, 3, H, W], the result [B, 3, H, W]) in [0, 1]: all steps' predictions in
+        one VQGAN decode, the last step's being the result (preds[-1] = tokens), pasted under paste_known."""
+        S, B = out.preds.shape[:2]
+        steps = self.images(out.preds.flatten(0, 1))                              # [S*B, 3, H, W]
+        steps = steps.view(S, B, *steps.shape[1:])
+        return steps, (self.paste(imgs, masks, steps[-1]) if self.paste_known else steps[-1])
 
 
-def save_results(inp, imgs, masks, ids, out):
-    """Writes the three per-image files of one batch; returns (input, steps [S, B, ...], final) in [0, 1]."""
-    a, vq = inp.args, inp.vqgan
-    final = inp.final(imgs, masks, out)                                        # [B, 3, H, W]
-    S, B = out.preds.shape[:2]
-    steps = torch.cat([inp.images(p) for p in out.preds])                     # [S*B, 3, H, W]
-    steps = steps.view(S, B, *steps.shape[1:])
-    tiles = mask_tiles(out.masks, vq.latent_resolution, vq.img_resolution)   # [S+1, B, 3, H, W]
-    shown = denormalize(imgs, inp.mean, inp.std)
-    for b, i in enumerate(ids.tolist()):
-        atomic_save_image(tensor01_to_pil(final[b]), os.path.join(a.output_dir, 'test_results', f'image_{i:03d}.png'))
-        save_grid(tiles[:, b], os.path.join(a.output_dir, 'mask_scheduling', f'test_{i}.png'), nrow=S + 1)
-        save_grid(torch.cat([shown[b:b + 1], steps[:, b]]), os.path.join(a.output_dir, 'imga', f'test_{i}.png'),
+def write_results(output_dir, ids, shown, steps, final, masks, latent_res):
+    """The three per-image files of one batch, from CPU tensors (runs in the writer thread)."""
+    S, img_res = steps.shape[0], final.shape[-1]
+    tiles = mask_tiles(masks, latent_res, img_res)                              # [S+1, B, 3, H, W]
+    for b, i in enumerate(ids):
+        atomic_save_image(tensor01_to_pil(final[b]), os.path.join(output_dir, 'test_results', f'image_{i:03d}.png'))
+        save_grid(tiles[:, b], os.path.join(output_dir, 'mask_scheduling', f'test_{i}.png'), nrow=S + 1)
+        save_grid(torch.cat([shown[b:b + 1], steps[:, b]]), os.path.join(output_dir, 'imga', f'test_{i}.png'),
                   nrow=S + 1)
-    return shown, steps, final
 
 
 def gt_file(gt_root, i):
@@ -213,6 +247,7 @@ def run(args):
         raise ValueError(str(e)) from None
     check_writable(args.output_dir, '--output-dir', folder=True)
     model, cfg = load_maskgit(args, device)
+    settings = decoding_settings(args, cfg['model_param'])
     mean, std = data_stats(cfg, 'test')
     data = PairedTestDataset(args.test_maskedimage_path, args.test_mask_path, args.partial, mean, std)
     check_inputs(data, model.vqgan.img_resolution)
@@ -224,17 +259,27 @@ def run(args):
         for i in data.indices[:min(args.gallery, args.batch_size)]:
             load_rgb(gt_file(args.gt_path, i))  # decoded in full now: a broken file is named before any output
     loader = DataLoader(data, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers)
-    inp = Inpainter(model, args, mean, std)
-    for k, (imgs, masks, ids) in enumerate(tqdm(loader, desc='inpainting', unit='batch')):
-        imgs, masks = imgs.to(device), masks.to(device)
-        shown, steps, final = save_results(inp, imgs, masks, ids, inp(imgs, masks, ids, inp.mask_func))
-        if k == 0:
-            if args.gallery:
-                save_gallery(shown, steps, final, masks, ids, args.gt_path,
-                             os.path.join(args.output_dir, 'gallery.png'), args.gallery)
-            summary = os.path.join(args.output_dir, 'schedules.png')
-            counts = save_schedules(inp, imgs, masks, ids, summary)
-            tqdm.write(f"masked tokens per step of image {ids[0].item()} -> {summary}\n  " + "\n  ".join(counts))
+    inp = Inpainter(model, settings, mean, std, amp=args.amp, paste_known=args.paste_known)
+    with ThreadPoolExecutor(max_workers=1) as writer:  # PNGs of one batch are written while the next decodes
+        pending = None
+        for k, (imgs, masks, ids) in enumerate(tqdm(loader, desc='inpainting', unit='batch')):
+            imgs, masks = imgs.to(device), masks.to(device)
+            out = inp(imgs, masks, ids)
+            steps, final = inp.render(imgs, masks, out)
+            shown = denormalize(imgs, mean, std)
+            if pending is not None:
+                pending.result()  # re-raises a failed write; one batch in flight bounds the memory held
+            pending = writer.submit(write_results, args.output_dir, ids.tolist(), shown.cpu(), steps.cpu(),
+                                    final.cpu(), out.masks.cpu(), model.vqgan.latent_resolution)
+            if k == 0:
+                if args.gallery:
+                    save_gallery(shown, steps, final, masks, ids, args.gt_path,
+                                 os.path.join(args.output_dir, 'gallery.png'), args.gallery)
+                summary = os.path.join(args.output_dir, 'schedules.png')
+                counts = save_schedules(inp, imgs, masks, ids, summary)
+                tqdm.write(f"masked tokens per step of image {ids[0].item()} -> {summary}\n  " + "\n  ".join(counts))
+        if pending is not None:
+            pending.result()
     print(f"wrote {len(data)} images to {os.path.join(args.output_dir, 'test_results')}")
 
 

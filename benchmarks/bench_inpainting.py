@@ -7,34 +7,54 @@ Random weights (timing does not depend on them). Timing interleaves the two deco
 peak memory is measured for each in a fresh subprocess (CPU: ru_maxrss over the RSS before decoding;
 GPU: max_memory_allocated over the memory allocated before). Model FLOPs utilisation counts T forward
 passes over all N tokens per image, against the datasheet peak on an H100/H200, else a matmul in the
-same dtype measured in the same run (or --peak-tflops).
+same dtype measured in the same run (or --peak-tflops). Then the CLI itself: `inpainting.run` on a
+temporary folder of --cli-images masked images (random weights saved as checkpoints, the same batch size and
+decoding flags), against its decoding core alone (`decode` with the model's logits on the same batches:
+the T transformer passes), printed as the ratio CLI / core. The CLI's fixed costs (loading, checking
+the inputs, schedules.png's extra decodes on the first batch) weigh less the more images: a smoke run
+of 8 images overstates the ratio of a full test split. The decoding flags are inpainting.py's, with its
+defaults (argmax: pass --temperature 1 for the sampled decoding of earlier measurements).
 
   python benchmarks/bench_inpainting.py --config configs/MaskGit_small.yml --batch-size 64 --ref-images 8
   python benchmarks/bench_inpainting.py --amp     # the batched decoder in bf16 (inpainting.py --amp)
   python benchmarks/bench_inpainting.py --config configs/MaskGit.yml --amp --device cuda   # course config
+  python benchmarks/bench_inpainting.py --batch-size 4 --ref-images 1 --repeats 1 --cli-images 8  # smoke test
 """
 import argparse
+import contextlib
+import io
 import json
 import math
 import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import fields
 
+import numpy as np
 import torch
+from PIL import Image
+from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script: the repo root
+import inpainting  # noqa: E402
 from benchmarks.flops import peak_tflops  # noqa: E402
-from models.decoding import _GUMBEL, _SAMPLE, decode, image_seeds, uniforms  # noqa: E402
-from models.maskgit import gamma_func  # noqa: E402
+from dataset import PairedTestDataset, data_stats  # noqa: E402
+from models.decoding import (_GUMBEL, _SAMPLE, DecodeSettings, decode, gamma_func, image_seeds, uniforms)  # noqa: E402
+from models.maskgit import MaskGit  # noqa: E402
+from models.masks import latent_mask  # noqa: E402
 from models.transformer import BidirectionalTransformer  # noqa: E402
-from utils import load_config, resolve_device  # noqa: E402
+from models.vqgan import VQGAN  # noqa: E402
+from utils import atomic_save, load_config, resolve_device  # noqa: E402
 
 
 @torch.no_grad()
-def reference_decode(model, tokens, unknown, seeds, gamma, K, total_iter, temperature=1.0, choice_temperature=4.5):
+def reference_decode(model, tokens, unknown, seeds, K, settings):
     """One image at a time, every step over all N positions; the reference the batched decoder is timed against."""
+    total_iter, gamma = settings.total_iter, gamma_func(settings.mask_func)
+    temperature, choice_temperature = settings.temperature, settings.choice_temperature
     out = []
     for b in range(tokens.shape[0]):
         z, mask = tokens[b:b + 1].clone(), unknown[b:b + 1].clone()    # [1, N]
@@ -44,10 +64,12 @@ def reference_decode(model, tokens, unknown, seeds, gamma, K, total_iter, temper
         for t in range(total_iter):
             r = (t + 1) / total_iter
             logits = model(z)[0, :, :K].float()                           # [N, K]
-            probs = torch.softmax(logits / temperature, -1)
-            cdf = probs.cumsum(-1)
-            u = uniforms(seeds[b:b + 1], t, _SAMPLE, z.shape[1])[0]
-            sampled = torch.searchsorted(cdf, (u.float() * cdf[:, -1])[:, None]).squeeze(1).clamp(max=K - 1)
+            if temperature > 0:
+                cdf = torch.softmax(logits / temperature, -1).cumsum(-1)
+                u = uniforms(seeds[b:b + 1], t, _SAMPLE, z.shape[1])[0]
+                sampled = torch.searchsorted(cdf, (u.float() * cdf[:, -1])[:, None]).squeeze(1).clamp(max=K - 1)
+            else:
+                sampled = logits.argmax(-1)
             logp = torch.log_softmax(logits, -1).gather(1, sampled[:, None]).squeeze(1).double()
             g = -torch.log(-torch.log(uniforms(seeds[b:b + 1], t, _GUMBEL, z.shape[1])[0]))
             conf = logp + choice_temperature * (1 - r) * g
@@ -87,6 +109,7 @@ def setup(args, mode):
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     mp = load_config(args.config)['model_param']
+    settings = inpainting.decoding_settings(args, mp)
     tp = mp['Transformer_param']
     K, N = tp['num_codebook_vectors'], tp['num_image_tokens']
     torch.manual_seed(0)
@@ -94,24 +117,23 @@ def setup(args, mode):
     n = args.batch_size if mode == 'batched' else args.ref_images
     tokens, unknown = problem(n, math.isqrt(N), K)
     tokens, unknown = tokens.to(device), unknown.to(device)
-    seeds = image_seeds(args.seed, torch.arange(n)).to(device)
-    gamma = gamma_func(mp.get('gamma_type', 'cosine'))
-    ct = mp.get('choice_temperature', 4.5)
+    seeds = image_seeds(settings.seed, torch.arange(n)).to(device)
     sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
     if mode == 'batched':
         amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp)  # as inpainting.py --amp
+        schedule = settings.schedule(unknown.sum(1).cpu())
 
         def run():
             with amp:
-                return decode(model, tokens, unknown, seeds, gamma, K, args.total_iter, choice_temperature=ct).tokens
+                return decode(model, tokens, unknown, seeds, K, schedule, settings).tokens
     else:
-        run = lambda: reference_decode(model, tokens, unknown, seeds, gamma, K, args.total_iter, choice_temperature=ct)
+        run = lambda: reference_decode(model, tokens, unknown, seeds, K, settings)
 
     def fn():
         out = run()
         sync()
         return out
-    return fn, n, device, args.total_iter * N * model.flops_per_token()
+    return fn, n, device, settings.total_iter * N * model.flops_per_token()
 
 
 def memory_worker(args):
@@ -128,21 +150,92 @@ def memory_worker(args):
     print(json.dumps(dict(n=n, peak=max(peak, 0))))
 
 
+def masked_folder(root, n, res, seed=0):
+    """n random masked images (grey rectangular holes) and their 0/255 masks in the course's layout."""
+    rng = np.random.default_rng(seed)
+    for sub in ('img', 'mask'):
+        os.makedirs(os.path.join(root, sub))
+    for i in range(n):
+        img, mask = rng.integers(0, 256, (res, res, 3), dtype=np.uint8), np.full((res, res), 255, np.uint8)
+        h, w = rng.integers(res // 4, res // 2, 2)
+        y, x = rng.integers(0, res - h), rng.integers(0, res - w)
+        mask[y:y + h, x:x + w], img[y:y + h, x:x + w] = 0, 128
+        Image.fromarray(img).save(os.path.join(root, 'img', f'image_{i:03d}.png'))
+        Image.fromarray(mask, 'L').save(os.path.join(root, 'mask', f'mask_{i:03d}.png'))
+    return os.path.join(root, 'img'), os.path.join(root, 'mask')
+
+
+def cli_vs_core(args):
+    """(best seconds of inpainting.run, best seconds of its decoding core) on args.cli_images images in
+    batches of args.batch_size: the CLI with every output it writes, and `decode` with the model's logits
+    on the same batches (tokens, masks and schedules prepared beforehand), interleaved."""
+    mp = load_config(args.config)['model_param']
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)  # random weights, saved as the CLI loads checkpoints
+        vq, tr = os.path.join(tmp, 'vq.pt'), os.path.join(tmp, 'tr.pt')
+        vq_param = load_config(mp['VQ_Configs']['VQ_config_path'])['model_param']
+        atomic_save(VQGAN(vq_param).state_dict(), vq)
+        atomic_save(MaskGit(mp).transformer.state_dict(), tr)
+        img_dir, mask_dir = masked_folder(os.path.join(tmp, 'data'), args.cli_images, vq_param['img_resolution'])
+        cli = inpainting.parse_args(['--device', args.device, '--MaskGitConfig', args.config, '--vqgan-ckpt', vq,
+                                     '--load-transformer-ckpt-path', tr, '--test-maskedimage-path', img_dir,
+                                     '--test-mask-path', mask_dir, '--batch-size', str(args.batch_size),
+                                     '--output-dir', os.path.join(tmp, 'out')] + (['--amp'] if args.amp else []))
+        for f in fields(DecodeSettings):  # the bench's decoding flags, as parsed
+            setattr(cli, f.name, getattr(args, f.name))
+        device = resolve_device(args.device)
+        model, cfg = inpainting.load_maskgit(cli, device)
+        mean, std = data_stats(cfg, 'test')
+        settings = inpainting.decoding_settings(cli, cfg['model_param'])
+        inp = inpainting.Inpainter(model, settings, mean, std, amp=args.amp)
+        batches = []
+        for imgs, masks, ids in DataLoader(PairedTestDataset(img_dir, mask_dir, 1.0, mean, std), args.batch_size):
+            unknown = latent_mask(masks.to(device), inp.factor).flatten(1)
+            batches.append((inp.tokens(imgs.to(device)), unknown, image_seeds(settings.seed, ids),
+                            settings.schedule(unknown.sum(1).cpu())))
+        sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
+
+        def run_cli():
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                inpainting.run(cli)
+            sync()
+
+        def run_core():
+            for tokens, unknown, seeds, schedule in batches:
+                decode(inp.logits, tokens, unknown, seeds, model.mask_token_id, schedule, settings)
+            sync()
+        run_core()  # warm-up
+        times = {run_cli: [], run_core: []}
+        for _ in range(args.repeats):
+            for fn, t in times.items():
+                t0 = time.perf_counter()
+                fn()
+                t.append(time.perf_counter() - t0)
+        return min(times[run_cli]), min(times[run_core])
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--config', default='configs/MaskGit_small.yml', help="MaskGit config (its Transformer_param)")
     p.add_argument('--batch-size', type=int, default=64)
     p.add_argument('--ref-images', type=int, default=8, help="images the per-image reference decodes (it is slow)")
-    p.add_argument('--total-iter', type=int, default=8)
     p.add_argument('--repeats', type=int, default=2, help="timed rounds (reference then batched); the fastest counts")
     p.add_argument('--device', default='cpu')
     p.add_argument('--threads', type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument('--seed', type=int, default=0)
     p.add_argument('--amp', action='store_true', help="batched decoder under bf16 autocast (the reference stays fp32)")
     p.add_argument('--peak-tflops', type=float, default=None,
                    help="the device's dense peak for the MFU line (default: datasheet on H100/H200, else measured)")
+    p.add_argument('--cli-images', type=int, default=128,
+                   help="images for the CLI-against-core measurement, in batches of --batch-size (0: skip it)")
     p.add_argument('--mode', choices=['batched', 'reference'], help=argparse.SUPPRESS)
+    inpainting.add_decoding_args(p)
     args = p.parse_args()
+    try:
+        settings = inpainting.decoding_settings(args, load_config(args.config)['model_param'])
+    except ValueError as e:
+        p.error(str(e))
+    if 0 < settings.sweet_spot < settings.total_iter or settings.refine:
+        p.error("--sweet-spot and --refine are not benchmarked (the reference decoder has neither)")
     if args.mode:
         return memory_worker(args)
     peak = {}
@@ -163,7 +256,7 @@ def main():
             fn()
             times.append(time.perf_counter() - t0)
     ips_ref, ips_bat = n_ref / min(t_ref), n_bat / min(t_bat)
-    print(f"config {args.config}, T={args.total_iter}, device {device}, batched amp {'bf16' if args.amp else 'off'}, "
+    print(f"config {args.config}, {settings}, device {device}, batched amp {'bf16' if args.amp else 'off'}, "
           f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     print(f"reference (batch 1):  {ips_ref:8.3f} images/s  ({n_ref} images, best of {args.repeats}: {min(t_ref):.2f} s), "
           f"peak memory {peak['reference'] / 2**20:7.1f} MiB per image")
@@ -177,6 +270,11 @@ def main():
         peak, source = peaks[dtype]
         print(f"model FLOPs utilisation, {name} ({str(dtype)[6:]}, {flops / 1e9:.1f} GFLOP per image): "
               f"{ips * flops / 1e12:.3f} TFLOP/s = {100 * ips * flops / 1e12 / peak:.1f}% of {peak:.3g} ({source})")
+    if args.cli_images:
+        t_cli, t_core = cli_vs_core(args)
+        print(f"CLI (inpainting.run, {args.cli_images} images, batch {args.batch_size}, every output written): "
+              f"{t_cli:.2f} s; its decoding core (decode, T passes per batch): {t_core:.2f} s "
+              f"(best of {args.repeats}); CLI / core = {t_cli / t_core:.2f}x")
 
 
 if __name__ == '__main__':

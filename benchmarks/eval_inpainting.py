@@ -6,7 +6,7 @@
 
 Every run fills the same masked images (the split's fixed masks from prepare_dataset.py) and is scored
 against the split's ground truth, whose Inception statistics are computed once per output folder.
-Decoding runs are inpainting.py's Inpainter with `--paste-known` plus the run's flags. Baselines on the
+Decoding runs are inpainting.py's Inpainter with `--paste-known` and the run's decoding flags. Baselines on the
 same masks: OpenCV Telea and Navier-Stokes (radius 3), the mean known colour, and the tokenizer alone:
 `vqgan_recon` (the whole ground truth through encode/decode: rFID) and `vqgan_recon_paste` (the same with
 the known pixels pasted: the ceiling of any transformer on this tokenizer). Hole L1 (0..255 levels) and
@@ -59,15 +59,27 @@ def hole_errors(out, gt, masks):
     return l1, 10 * torch.log10(1 / mse.clamp(min=1e-10))
 
 
-def parse_runs(specs):
-    """'name=flag,value,flag,...' -> (name, [flags])."""
-    out = []
+def parse_runs(specs, seed=None):
+    """'NAME=--flag,value,...' -> {name: (flags as written, namespace)}, each spec parsed once by a parser of
+    inpainting.py's decoding flags alone; `seed` is the default of runs without --seed. Values are checked
+    here (over the defaults), before anything is loaded; the config's fill in once it is read."""
+    runs = {}
     for spec in specs:
         name, _, flags = spec.partition('=')
         if not name or not name.replace('_', '').replace('.', '').replace('-', '').isalnum():
             raise SystemExit(f"--runs: bad run name in '{spec}' (use letters, digits, _ . -)")
-        out.append((name, [f for f in flags.split(',') if f]))
-    return out
+        if name in runs:
+            raise SystemExit(f"--runs: run name {name} given twice")
+        flags = [f for f in flags.split(',') if f]
+        parser = inpainting.add_decoding_args(argparse.ArgumentParser(prog=f'--runs {name}', add_help=False))
+        ns = parser.parse_args(flags)
+        ns.seed = seed if ns.seed is None else ns.seed
+        try:
+            inpainting.decoding_settings(ns)
+        except ValueError as e:
+            parser.error(str(e))
+        runs[name] = (' '.join(flags), ns)
+    return runs
 
 
 def main(argv=None):
@@ -79,12 +91,12 @@ def main(argv=None):
     p.add_argument('--load-transformer-ckpt-path', default=None, help="default: the config's checkpoint: path")
     p.add_argument('--vqgan-ckpt', default=None, help="default: the config's VQ_CKPT_path")
     p.add_argument('--runs', nargs='*', default=['T8=--total-iter,8', 'T1=--total-iter,1'],
-                   metavar='NAME=FLAGS', help="decoding runs: inpainting.py flags joined by commas")
+                   metavar='NAME=FLAGS', help="decoding runs: inpainting.py's decoding flags joined by commas")
     p.add_argument('--baselines', nargs='*', default=['all'], help=f"any of {', '.join(BASELINES)}, or all")
     p.add_argument('--partial', type=float, default=1.0, help='the first fraction of the split')
     p.add_argument('--batch-size', type=int, default=64)
     p.add_argument('--device', default='auto')
-    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--seed', type=int, default=None, help="run seed of runs without their own --seed")
     a = p.parse_args(argv)
     baselines = list(BASELINES) if a.baselines == ['all'] else a.baselines
     bad = [b for b in baselines if b not in BASELINES]
@@ -94,14 +106,10 @@ def main(argv=None):
         p.error("the OpenCV baselines need opencv-python-headless: pip install -r requirements-dev.txt")
     torch.set_grad_enabled(False)
     out_dir = a.out or os.path.join('results', f'eval_{a.split}')
-    base = ['--MaskGitConfig', a.MaskGitConfig, '--device', a.device, '--seed', str(a.seed),
-            '--batch-size', str(a.batch_size)]
-    base += ['--load-transformer-ckpt-path', a.load_transformer_ckpt_path] if a.load_transformer_ckpt_path else []
-    base += ['--vqgan-ckpt', a.vqgan_ckpt] if a.vqgan_ckpt else []
-    run_flags = dict(parse_runs(a.runs))
-    runs = [(n, inpainting.parse_args(base + f + ['--paste-known'])) for n, f in run_flags.items()]
+    runs = parse_runs(a.runs, a.seed)
     device = resolve_device(None if a.device == 'auto' else a.device)
-    model, cfg = inpainting.load_maskgit(runs[0][1] if runs else inpainting.parse_args(base), device)
+    model, cfg = inpainting.load_maskgit(a, device)
+    settings = {name: inpainting.decoding_settings(ns, cfg['model_param']) for name, (_, ns) in runs.items()}
     mean, std = data_stats(cfg, 'test')
     img_dir, mask_dir, gt_dir = (os.path.join(a.data, d) for d in SPLITS[a.split])
     data = PairedTestDataset(img_dir, mask_dir, a.partial, mean, std)
@@ -123,18 +131,18 @@ def main(argv=None):
         with open(results_path) as f:
             results = json.load(f)
     shown_rows, first = {}, None
-    todo = [(n, r) for n, r in runs] + [(b, None) for b in baselines]
-    for name, args in tqdm(todo, desc=f'runs on {a.split}'):
+    todo = list(settings.items()) + [(b, None) for b in baselines]
+    for name, run_settings in tqdm(todo, desc=f'runs on {a.split}'):
         folder = os.path.join(out_dir, name)
         t0 = time.time()
-        inp = inpainting.Inpainter(model, args, mean, std) if args else None
+        inp = inpainting.Inpainter(model, run_settings, mean, std, paste_known=True) if run_settings else None
         l1s, psnrs, pos = [], [], 0
         for imgs, masks, ids in loader:
             imgs, masks = imgs.to(device), masks.to(device)
             gt = gt_all[pos:pos + len(ids)].to(device)
             pos += len(ids)
             if inp is not None:
-                out = inp.final(imgs, masks, inp(imgs, masks, ids, inp.mask_func))
+                out = inp.final(imgs, masks, inp(imgs, masks, ids))
             else:
                 out = baseline(name, model, imgs, masks, gt, mean, std)
             for x, f in zip(out, data.images[pos - len(ids):pos]):
@@ -150,7 +158,7 @@ def main(argv=None):
         fid = compute_fid(folder, stats if os.path.isfile(stats) else gt_src, device=device,
                           save_stats_path=None if os.path.isfile(stats) else stats)
         results[name] = dict(fid=fid, hole_l1=torch.cat(l1s).mean().item(), hole_psnr=torch.cat(psnrs).mean().item(),
-                             flags=' '.join(run_flags.get(name) or []) or None,
+                             flags=runs[name][0] if run_settings else None,
                              split=a.split, images=len(data), seconds=round(seconds, 1))
         tqdm.write(f"{name}: FID {fid:.2f}, hole L1 {results[name]['hole_l1']:.2f}, "
                    f"hole PSNR {results[name]['hole_psnr']:.2f} dB ({seconds:.0f} s)")
@@ -168,7 +176,8 @@ def report(results, out_dir):
     rows = ['| run | flags (with --paste-known) | FID | hole L1 | hole PSNR (dB) | images | split |',
             '|---|---|---|---|---|---|---|']
     for n, r in sorted(results.items(), key=lambda kv: kv[1]['fid']):
-        rows.append(f"| {n} | {r['flags'] or '(baseline)'} | {r['fid']:.2f} | {r['hole_l1']:.2f} | "
+        flags = '(baseline)' if r['flags'] is None else r['flags'] or '(defaults)'
+        rows.append(f"| {n} | {flags} | {r['fid']:.2f} | {r['hole_l1']:.2f} | "
                     f"{r['hole_psnr']:.2f} | {r['images']} | {r['split']} |")
     with atomic_open(os.path.join(out_dir, 'table.md')) as f:
         f.write('\n'.join(rows) + '\n')

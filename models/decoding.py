@@ -1,11 +1,12 @@
 """Batched Gumbel-confidence iterative decoding (MaskGIT inpainting and generation).
 
-Works against any `logits_fn(tokens [B, N] long) -> logits [B, N, K+1]` (K = mask id) and any
-schedule `gamma(r)`, r in [0, 1]. Randomness comes from a counter-based hash of
+Works against any `logits_fn(tokens [B, N] long) -> logits [B, N, K+1]` (K = mask id). The mask
+schedules gamma(r), r in [0, 1], live here too, as plain callables by name. Every decoding setting
+(and its one default) is a field of `DecodeSettings`. Randomness comes from a counter-based hash of
 (image seed, step, position, stream), so an image decodes to the same tokens whatever batch it is in.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -50,7 +51,34 @@ def uniforms(seeds, step, stream, num_tokens):
     return (_hash32(h[:, None] ^ pos[None, :]).double() + 0.5) / 2.0 ** 32            # [B, N]
 
 
-# ----------------------------------------------------------------------------- schedule
+# ----------------------------------------------------------------------------- schedules
+
+_GAMMAS = {
+    'cosine': lambda r: torch.cos(r * (math.pi / 2)),
+    'linear': lambda r: 1 - r,
+    'square': lambda r: 1 - r ** 2,
+    'arccos': lambda r: torch.arccos(r) / (math.pi / 2),
+    'root': lambda r: 1 - torch.sqrt(r),
+}
+
+SCHEDULES = tuple(_GAMMAS)  # the names --mask-func and the config's gamma_type accept
+
+
+def gamma_func(mode):
+    """Mask schedule gamma(r): fraction of tokens masked at progress r in [0, 1]; 1 at r=0, 0 at r=1.
+
+    The returned function takes a float (returns a float) or a tensor (returns a tensor).
+    """
+    if mode not in _GAMMAS:
+        raise ValueError(f"unknown gamma_type '{mode}'; choose one of {', '.join(_GAMMAS)}")
+    fn = _GAMMAS[mode]
+
+    def gamma(r):
+        if torch.is_tensor(r):
+            return fn(r)
+        return float(fn(torch.tensor(float(r), dtype=torch.float64)))
+    return gamma
+
 
 def mask_schedule(n_unknown, total_iter, gamma):
     """Tokens still masked after each step, [T, B] long.
@@ -72,6 +100,63 @@ def mask_schedule(n_unknown, total_iter, gamma):
     return torch.stack(counts)
 
 
+# ----------------------------------------------------------------------------- settings
+
+_CONFIG_KEYS = {'mask_func': 'gamma_type', 'choice_temperature': 'choice_temperature'}  # field -> model_param key
+
+
+def _is_int(x):
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_rate(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """How to decode; each field is a flag of inpainting.py (--total-iter, --mask-func, ...), and its
+    default here is the only one. Refused values raise a one-line ValueError naming the flag."""
+    total_iter: int = 8              # decoding steps T
+    mask_func: str = 'cosine'        # the schedule gamma, one of SCHEDULES
+    choice_temperature: float = 4.5  # Gumbel noise on the confidence, annealed by (1 - r)
+    temperature: float = 0.0         # token sampling: 0 = argmax
+    sweet_spot: int = 0              # stop after this step, argmax the rest (<= 0 or >= total_iter: all steps)
+    seed: int = 0                    # run seed; an image's streams are (seed, image id)
+    refine: int = 0                  # re-encode-and-decode rounds after the first (inpainting.Inpainter)
+
+    def __post_init__(self):
+        checks = [
+            ('--total-iter', self.total_iter, 'an integer >= 1', _is_int(self.total_iter) and self.total_iter >= 1),
+            ('--mask-func', self.mask_func, f"one of {', '.join(SCHEDULES)}", self.mask_func in SCHEDULES),
+            ('--choice-temperature', self.choice_temperature, 'a number >= 0', _is_rate(self.choice_temperature)),
+            ('--temperature', self.temperature, 'a number >= 0', _is_rate(self.temperature)),
+            ('--sweet-spot', self.sweet_spot, 'an integer', _is_int(self.sweet_spot)),
+            ('--seed', self.seed, 'an integer', _is_int(self.seed)),
+            ('--refine', self.refine, 'an integer >= 0', _is_int(self.refine) and self.refine >= 0),
+        ]
+        for flag, value, want, ok in checks:
+            if not ok:
+                raise ValueError(f"{flag} must be {want}, got {value!r}")
+
+    @classmethod
+    def from_config(cls, model_param=None, **given):
+        """Each field: the given value unless None, else the config's (model_param's gamma_type ->
+        mask_func, choice_temperature), else the default."""
+        unknown = set(given) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown decoding settings: {', '.join(sorted(unknown))}")
+        config = {name: (model_param or {}).get(key) for name, key in _CONFIG_KEYS.items()}
+        picked = {name: v for name, v in config.items() if v is not None}
+        picked.update((name, v) for name, v in given.items() if v is not None)
+        return cls(**picked)
+
+    def schedule(self, n_unknown, mask_func=None):
+        """Tokens still masked after each step for rows of n_unknown [B] unknown tokens, [T, B] long
+        (mask_func overrides the settings' schedule, e.g. to compare schedules)."""
+        return mask_schedule(n_unknown, self.total_iter, gamma_func(mask_func or self.mask_func))
+
+
 # ----------------------------------------------------------------------------- decoding
 
 @dataclass
@@ -79,7 +164,7 @@ class Decoded:
     tokens: torch.Tensor  # [B, N] final tokens, never the mask id
     masks: torch.Tensor   # [S+1, B, N] bool, True = still unknown: [0] the start, [s] after step s
     steps: torch.Tensor   # [S+1, B, N] tokens after each step, mask id where unknown ([0] the start)
-    preds: torch.Tensor   # [S, B, N] each pass's full guess: known tokens + that step's samples
+    preds: torch.Tensor   # [S, B, N] each pass's full guess: known tokens + that step's samples; preds[-1] = tokens
 
 
 def _sample(logits, u, temperature):
@@ -99,28 +184,30 @@ def _ranks(x):
 
 
 @torch.no_grad()
-def decode(logits_fn, tokens, unknown, seeds, gamma, mask_id, total_iter=8, sweet_spot=0,
-           temperature=1.0, choice_temperature=4.5, schedule=None):
+def decode(logits_fn, tokens, unknown, seeds, mask_id, schedule, settings):
     """Fill the unknown tokens of each row by iterative decoding.
 
     tokens [B, N] long (values where unknown are ignored), unknown [B, N] bool (True = to fill),
-    seeds [B] int64 per image. Step t (r = (t+1)/T): one pass of logits_fn; the mask class is
-    dropped; each unknown token is sampled from softmax(logits / temperature); its confidence is
-    log p(sampled) under the model's softmax(logits) plus choice_temperature * (1 - r) * Gumbel
-    noise; the mask_schedule(...)[t] least confident unknown tokens stay masked, the rest take their
-    samples. sweet_spot s in 1..T-1 stops after step s and fills what is left with one more pass's
-    argmax; otherwise all T steps run. `schedule` [T, B] (counts per row, e.g. mask_schedule of several
-    gammas concatenated) replaces the one from gamma.
+    seeds [B] int64 per image, schedule [T, B]: tokens still masked after each step (settings.schedule,
+    or rows of several schedules side by side). Step t (r = (t+1)/T): one pass of logits_fn; the mask
+    class is dropped; each unknown token is sampled from softmax(logits / settings.temperature); its
+    confidence is log p(sampled) under the model's softmax(logits) plus choice_temperature * (1 - r) *
+    Gumbel noise; the schedule[t] least confident unknown tokens stay masked, the rest take their samples.
+    sweet_spot s in 1..T-1 stops after step s and fills what is left with one more pass's argmax;
+    otherwise all T steps run. settings.total_iter and mask_func are not read: the schedule has them.
     """
     B, N = tokens.shape
     dev = tokens.device
     K = mask_id
     seeds = torch.as_tensor(seeds, dtype=torch.int64, device=dev)
     unknown = unknown.to(dev, torch.bool)
-    if schedule is None:
-        schedule = mask_schedule(unknown.sum(1).cpu(), total_iter, gamma)           # [T, B]
-    schedule = schedule.to(dev)
-    n_steps = total_iter if sweet_spot <= 0 or sweet_spot >= total_iter else sweet_spot
+    schedule = torch.as_tensor(schedule).to(dev)
+    T = schedule.shape[0]
+    if schedule.dim() != 2 or schedule.shape[1] != B:
+        raise ValueError(f"schedule has shape {tuple(schedule.shape)}; expected [T, {B}]")
+    s = settings.sweet_spot
+    n_steps = T if s <= 0 or s >= T else s
+    ct = settings.choice_temperature
 
     def logits_of(cur):
         logits = logits_fn(cur)                                                     # [B, N, K+1]
@@ -132,25 +219,25 @@ def decode(logits_fn, tokens, unknown, seeds, gamma, mask_id, total_iter=8, swee
     cur = torch.where(masked, K, tokens)
     masks, steps, preds = [masked], [cur], []
     for t in range(n_steps):
-        r = (t + 1) / total_iter
+        r = (t + 1) / T
         if not masked.any():  # nothing left to fill in any row: the pass would change nothing
             masks.append(masked)
             steps.append(cur)
             preds.append(cur)
             continue
         logits = logits_of(cur)[masked]                                             # [M, K]
-        sampled = _sample(logits, uniforms(seeds, t, _SAMPLE, N)[masked], temperature)
+        sampled = _sample(logits, uniforms(seeds, t, _SAMPLE, N)[masked], settings.temperature)
         logp = torch.log_softmax(logits, -1).gather(1, sampled[:, None]).squeeze(1)  # [M]
         gumbel = -torch.log(-torch.log(uniforms(seeds, t, _GUMBEL, N)[masked]))
         conf = torch.full((B, N), math.inf, device=dev, dtype=torch.float64)
-        conf[masked] = logp.double() + choice_temperature * (1 - r) * gumbel
+        conf[masked] = logp.double() + ct * (1 - r) * gumbel
         pred = cur.masked_scatter(masked, sampled)                                  # [B, N]
         masked = _ranks(conf) < schedule[t][:, None]   # least confident stay masked; known are +inf
         cur = torch.where(masked, K, pred)
         masks.append(masked)
         steps.append(cur)
         preds.append(pred)
-    if n_steps < total_iter:  # sweet spot: the most likely token for everything still masked
+    if n_steps < T:  # sweet spot: the most likely token for everything still masked
         pred = torch.where(masked, logits_of(cur).argmax(-1), cur) if masked.any() else cur
         masked = torch.zeros_like(masked)
         cur = pred
@@ -160,7 +247,8 @@ def decode(logits_fn, tokens, unknown, seeds, gamma, mask_id, total_iter=8, swee
     return Decoded(cur, torch.stack(masks), torch.stack(steps), torch.stack(preds))
 
 
-def generate(logits_fn, batch_size, num_tokens, seeds, gamma, mask_id, device='cpu', **kw):
-    """Images from nothing: every token unknown, the same decoding path."""
+def generate(logits_fn, batch_size, num_tokens, seeds, mask_id, settings, device='cpu'):
+    """Images from nothing: every token unknown, the same decoding path with the settings' schedule."""
     tokens = torch.full((batch_size, num_tokens), mask_id, dtype=torch.long, device=device)
-    return decode(logits_fn, tokens, torch.ones_like(tokens, dtype=torch.bool), seeds, gamma, mask_id, **kw)
+    schedule = settings.schedule(torch.full((batch_size,), num_tokens))
+    return decode(logits_fn, tokens, torch.ones_like(tokens, dtype=torch.bool), seeds, mask_id, schedule, settings)

@@ -1,37 +1,10 @@
 """MaskGit: a frozen VQGAN tokenizer plus the bidirectional transformer, and the MVTM objective."""
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.decoding import DecodeSettings, gamma_func
 from models.transformer import BidirectionalTransformer
-
-_GAMMAS = {
-    'cosine': lambda r: torch.cos(r * (math.pi / 2)),
-    'linear': lambda r: 1 - r,
-    'square': lambda r: 1 - r ** 2,
-    'arccos': lambda r: torch.arccos(r) / (math.pi / 2),
-    'root': lambda r: 1 - torch.sqrt(r),
-}
-
-SCHEDULES = tuple(_GAMMAS)  # the names --mask-func and gamma_type accept
-
-
-def gamma_func(mode='cosine'):
-    """Mask schedule gamma(r): fraction of tokens masked at progress r in [0, 1]; 1 at r=0, 0 at r=1.
-
-    The returned function takes a float (returns a float) or a tensor (returns a tensor).
-    """
-    if mode not in _GAMMAS:
-        raise ValueError(f"unknown gamma_type '{mode}'; choose one of {', '.join(_GAMMAS)}")
-    fn = _GAMMAS[mode]
-
-    def gamma(r):
-        if torch.is_tensor(r):
-            return fn(r)
-        return float(fn(torch.tensor(float(r), dtype=torch.float64)))
-    return gamma
 
 
 def mvtm_loss(logits, target, mask, num_codes, label_smoothing=0.1, masked_only=True, normalizer=None):
@@ -70,9 +43,8 @@ class MaskGit(nn.Module):
         self.num_image_tokens = p['num_image_tokens']
         self.num_codebook_vectors = p['num_codebook_vectors']
         self.mask_token_id = self.num_codebook_vectors
-        self.choice_temperature = p.get('choice_temperature', 4.5)
-        self.gamma_type = p.get('gamma_type', 'cosine')
-        self.gamma = gamma_func(self.gamma_type)
+        # training masks follow the config's schedule; decoding reads its settings from DecodeSettings
+        self.gamma = gamma_func(p.get('gamma_type', DecodeSettings.mask_func))
         if vqgan is not None:
             check_vqgan_matches(vqgan, p)
             vqgan.eval().requires_grad_(False)

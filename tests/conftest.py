@@ -7,9 +7,11 @@ import torch
 import yaml
 from PIL import Image
 
+from models.maskgit import MaskGit
 from models.vqgan import VQGAN
-from utils import load_config
+from utils import atomic_save, load_config
 
+ROOT = Path(__file__).resolve().parents[1]                         # the repo
 SHARED_LAB = Path(__file__).resolve().parents[2] / 'shared' / 'lab'  # the course interface, when checked out beside us
 TEST_DATA = Path(__file__).resolve().parent / 'data'                 # our copies, so a plain clone can run the tests
 
@@ -18,7 +20,7 @@ TINY_VQ = dict(image_channels=3, enc_channels=[8, 8, 16], dec_channels=[8, 16], 
                latent_resolution=4, num_codebook_vectors=16, beta=0.25, gn_groups=4, enc_res_blocks=1,
                dec_res_blocks=1)
 K, N = 16, 16
-COURSE_TRAIN = load_config(Path(__file__).resolve().parents[1] / 'configs' / 'MaskGit.yml')['train']  # every key
+COURSE_TRAIN = load_config(ROOT / 'configs' / 'MaskGit.yml')['train']  # every key
 
 
 def tiny_mp(dropout=0.0, k=K, **transformer):
@@ -35,6 +37,15 @@ def run_args(lab, out, *extra):
     return ['--MaskGitConfig', str(lab / 'mg.yml'), '--train_d_path', str(lab / 'train'), '--val_d_path',
             str(lab / 'val'), '--checkpoint-path', str(out / 'last_ckpt.pt'), '--device', 'cpu', '--num_workers', '0',
             *extra]
+
+
+@pytest.fixture(scope='module')
+def one_thread():
+    """Tiny tensors: thread sync costs more than it saves, badly so on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope='session')
@@ -67,4 +78,43 @@ def make_lab(tmp_path_factory):
         train = dict(COURSE_TRAIN, cache_dir=str(d / 'cache'), **train)
         (d / 'mg.yml').write_text(yaml.safe_dump({'model_param': mp, 'train': train}))
         return d
+    return make
+
+
+# ----------------------------------------------------------------------------- inpainting labs
+
+IMG, LAT, CODES = 16, 4, 16  # a 16x16 image, 4x4 tokens, 16 codes
+INPAINT_VQ = dict(image_channels=3, enc_channels=[8, 8, 8], dec_channels=[8, 8], latent_dim=8, img_resolution=IMG,
+                  latent_resolution=LAT, num_codebook_vectors=CODES, beta=0.25, gn_groups=4, enc_res_blocks=1,
+                  dec_res_blocks=1)
+
+
+def inpaint_maskgit_param(root, dim=16):
+    """model_param of a one-layer MaskGit on root's vq.yml / vq.pt."""
+    return dict(VQ_Configs=dict(VQ_config_path=str(root / 'vq.yml'), VQ_CKPT_path=str(root / 'vq.pt')),
+                num_image_tokens=LAT * LAT, num_codebook_vectors=CODES, choice_temperature=4.5, gamma_type='cosine',
+                Transformer_param=dict(num_image_tokens=LAT * LAT, num_codebook_vectors=CODES, dim=dim, n_layers=1,
+                                       hidden_dim=2 * dim, num_heads=2))
+
+
+@pytest.fixture(scope='session')
+def make_inpainting_lab(tmp_path_factory):
+    """make_inpainting_lab(ids, hole_mask) -> a new folder: random-init tiny VQGAN (vq.yml, vq.pt) and transformer
+    (mg.yml, tr.pt; seed 0), and per id a random image with its hole grey in img/ and the 0/255 mask in mask/."""
+    def make(ids, hole_mask):
+        tmp = tmp_path_factory.mktemp('lab')
+        torch.manual_seed(0)
+        (tmp / 'vq.yml').write_text(yaml.safe_dump(dict(model_param=INPAINT_VQ)))
+        atomic_save(VQGAN(INPAINT_VQ).state_dict(), str(tmp / 'vq.pt'))
+        (tmp / 'mg.yml').write_text(yaml.safe_dump(dict(model_param=inpaint_maskgit_param(tmp))))
+        atomic_save(MaskGit(inpaint_maskgit_param(tmp)).transformer.state_dict(), str(tmp / 'tr.pt'))
+        rng = np.random.default_rng(0)
+        for d in ('img', 'mask'):
+            (tmp / d).mkdir()
+        for i in ids:
+            img = rng.integers(0, 256, (IMG, IMG, 3), dtype=np.uint8)
+            img[hole_mask(i) == 0] = 128
+            Image.fromarray(img).save(tmp / 'img' / f'image_{i:03d}.png')
+            Image.fromarray(hole_mask(i), 'L').save(tmp / 'mask' / f'mask_{i:03d}.png')
+        return tmp
     return make

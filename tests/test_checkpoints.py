@@ -8,14 +8,14 @@ import torch
 from PIL import Image, ImageDraw
 
 import inpainting
+from conftest import ROOT
 from dataset import MASK_FILL, data_stats, load_rgb, normalize, pil_to_tensor01
 from models.decoding import decode, image_seeds
-from models.maskgit import MaskGit, gamma_func
+from models.maskgit import MaskGit
 from models.masks import latent_mask, make_mask
 from models.vqgan import load_vqgan
 from utils import load_checkpoint, load_config, sha256_file
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = ROOT / 'configs' / 'MaskGit_small.yml'
 
 
@@ -99,8 +99,9 @@ def test_shipped_transformer_predicts_hole_tokens_far_better_than_baselines(four
     6 % for that guess and 0.2 % for chance, which a random-weights transformer scores (0.19 %)."""
     monkeypatch.chdir(ROOT)
     d = four_images
-    args = inpainting.parse_args(['--device', 'cpu', '--MaskGitConfig', str(SMALL)])
+    args = inpainting.parse_args(['--device', 'cpu', '--MaskGitConfig', str(SMALL), '--total-iter', '4'])
     model, cfg = inpainting.load_maskgit(args, torch.device('cpu'))
+    settings = inpainting.decoding_settings(args, cfg['model_param'])
     mean, std = data_stats(cfg, 'test')
     gt = torch.stack([normalize(pil_to_tensor01(load_rgb(d / 'test' / f'image_{i:03d}.png')), mean, std)
                       for i in range(4)])
@@ -110,8 +111,8 @@ def test_shipped_transformer_predicts_hole_tokens_far_better_than_baselines(four
     with torch.no_grad():
         tokens = model.vqgan.encode_indices(gt)                                             # [4, N]
         hole = latent_mask(keep.float(), 64 // model.vqgan.latent_resolution).flatten(1)    # [4, N]
-        out = decode(model.transformer, tokens, hole, image_seeds(0, range(4)), gamma_func(model.gamma_type), k,
-                     total_iter=4, temperature=0.0, choice_temperature=model.choice_temperature)
+        out = decode(model.transformer, tokens, hole, image_seeds(0, range(4)), k, settings.schedule(hole.sum(1)),
+                     settings)
     assert hole.sum() > 200  # enough hole tokens for the rates below to mean something
     acc = (out.tokens == tokens)[hole].float().mean().item()
     guess = torch.stack([torch.where(hole[b], tokens[b][~hole[b]].mode().values, -1) for b in range(4)])

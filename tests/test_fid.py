@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from pytorch_fid import fid_score as pfs
 
 from dataset import write_gt_csv

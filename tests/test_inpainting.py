@@ -2,35 +2,30 @@
 import copy
 import math
 import random
+from dataclasses import fields
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 import inpainting
+from conftest import IMG, LAT, ROOT, inpaint_maskgit_param
+from dataset import PairedTestDataset, data_stats, denormalize, normalize
 from models.baselines import have_opencv
-from models.decoding import (_GUMBEL, _SAMPLE, _hash32, _sample, decode, generate, image_seeds, mask_schedule,
-                             uniforms)
-from models.maskgit import MaskGit, gamma_func
+from models.decoding import (_GUMBEL, _SAMPLE, DecodeSettings, _hash32, _sample, decode, gamma_func, generate,
+                             image_seeds, mask_schedule, uniforms)
+from models.maskgit import MaskGit
 from models.masks import latent_mask
 from models.transformer import BidirectionalTransformer
-from models.vqgan import VQGAN
-from utils import atomic_save
+from utils import atomic_save, load_config
 
 K, SIDE = 32, 8
 N = SIDE * SIDE
 COSINE = gamma_func('cosine')
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    """Tiny tensors: thread sync costs more than it saves, badly so on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.fixture(scope='module')
@@ -72,8 +67,11 @@ def random_problem(counts, seed=0):
 
 
 def run(fn, tokens, unknown, seeds=None, **kw):
+    """decode with DecodeSettings(**kw) and its schedule; sampling (temperature 1) unless told, so that both
+    random streams are used."""
     seeds = torch.arange(len(tokens)) + 100 if seeds is None else seeds
-    return decode(fn, tokens, unknown, seeds, kw.pop('gamma', COSINE), K, **kw)
+    settings = DecodeSettings(**{'temperature': 1.0, **kw})
+    return decode(fn, tokens, unknown, seeds, K, settings.schedule(unknown.sum(1)), settings)
 
 
 def official_counts(n, total_iter, gamma):
@@ -170,6 +168,57 @@ def test_latent_mask_from_hand_made_pixel_mask():
     assert torch.equal(latent_mask(m, 4), expected)
 
 
+# ----------------------------------------------------------------------------- settings
+
+def test_settings_take_the_given_value_then_the_configs_then_the_default():
+    d = DecodeSettings()
+    assert DecodeSettings.from_config(None) == d
+    mp = dict(gamma_type='linear', choice_temperature=0.0)   # 0.0: a value, not "unset" (default 4.5)
+    assert DecodeSettings.from_config(mp) == DecodeSettings(mask_func='linear', choice_temperature=0.0)
+    s = DecodeSettings.from_config(mp, mask_func='root', choice_temperature=2.0, total_iter=3, temperature=None)
+    assert (s.mask_func, s.choice_temperature, s.total_iter, s.temperature) == ('root', 2.0, 3, d.temperature)
+    assert DecodeSettings.from_config(dict(choice_temperature=4.5), choice_temperature=0.0).choice_temperature == 0
+    with pytest.raises(TypeError, match='total_steps'):
+        DecodeSettings.from_config(mp, total_steps=3)
+
+
+@pytest.mark.parametrize('field,value,flag', [
+    ('total_iter', 0, '--total-iter'), ('total_iter', 2.5, '--total-iter'), ('mask_func', 'cos', '--mask-func'),
+    ('choice_temperature', -1.0, '--choice-temperature'), ('choice_temperature', math.nan, '--choice-temperature'),
+    ('temperature', math.inf, '--temperature'), ('temperature', -0.5, '--temperature'),
+    ('sweet_spot', 1.5, '--sweet-spot'), ('seed', '0', '--seed'), ('refine', -1, '--refine')])
+def test_a_bad_setting_is_a_one_line_error_naming_its_flag(field, value, flag):
+    with pytest.raises(ValueError) as e:
+        DecodeSettings(**{field: value})
+    assert str(e.value).startswith(f"{flag} must be ") and repr(value) in str(e.value) and '\n' not in str(e.value)
+
+
+def test_a_bad_config_value_names_the_flag_that_overrides_it():
+    with pytest.raises(ValueError, match='^--mask-func must be one of cosine, linear'):
+        DecodeSettings.from_config(dict(gamma_type='cos'))
+    assert DecodeSettings.from_config(dict(gamma_type='cos'), mask_func='root').mask_func == 'root'
+
+
+def test_every_setting_is_a_flag_unset_by_default():
+    args = vars(inpainting.parse_args([]))
+    assert all(args[f.name] is None for f in fields(DecodeSettings))   # the defaults live in DecodeSettings only
+
+
+def test_cli_default_is_argmax_with_the_configs_schedule_and_choice_temperature():
+    mp = load_config(ROOT / 'configs' / 'MaskGit_small.yml')['model_param']
+    default = inpainting.decoding_settings(inpainting.parse_args([]), mp)
+    assert default == inpainting.decoding_settings(inpainting.parse_args(['--temperature', '0']), mp)
+    assert default == DecodeSettings(temperature=0.0, mask_func=mp['gamma_type'],
+                                     choice_temperature=mp['choice_temperature'])
+
+
+def test_settings_schedule_is_the_named_gammas():
+    n = torch.tensor([256, 40, 7, 0])
+    s = DecodeSettings(total_iter=6, mask_func='square')
+    assert torch.equal(s.schedule(n), mask_schedule(n, 6, gamma_func('square')))
+    assert torch.equal(s.schedule(n, 'root'), mask_schedule(n, 6, gamma_func('root')))
+
+
 # ----------------------------------------------------------------------------- decoding
 
 def test_known_tokens_never_change_and_reveals_are_final(transformer):
@@ -191,7 +240,7 @@ def test_masked_count_after_each_step_follows_schedule(transformer):
     tokens, unknown = random_problem(counts)
     for mode in ('cosine', 'linear', 'square', 'arccos', 'root'):
         g = gamma_func(mode)
-        out = run(transformer, tokens, unknown, total_iter=7, gamma=g)
+        out = run(transformer, tokens, unknown, total_iter=7, mask_func=mode)
         got = out.masks.sum(2)                                        # [T+1, B]
         assert got[0].tolist() == counts
         for b, n in enumerate(counts):
@@ -251,8 +300,9 @@ def test_confidence_is_logp_plus_annealed_gumbel(temperature, variants):
     logits = torch.stack([p.log(), (1 - p).log(), torch.zeros_like(p)], -1).float()  # [2, 8, 3]; id 2 = mask
     fn = lambda tokens: logits.clone()
     seeds, T, ct = image_seeds(0, [0, 1]), 4, 0.5
-    out = decode(fn, torch.zeros(2, 8, dtype=torch.long), torch.ones(2, 8, dtype=torch.bool), seeds, COSINE, 2,
-                 total_iter=T, temperature=temperature, choice_temperature=ct)
+    s = DecodeSettings(total_iter=T, mask_func='cosine', temperature=temperature, choice_temperature=ct)
+    out = decode(fn, torch.zeros(2, 8, dtype=torch.long), torch.ones(2, 8, dtype=torch.bool), seeds, 2,
+                 s.schedule(torch.tensor([8, 8])), s)
     want, gap = still_masked_by_hand(seeds, T, ct, temperature)
     # decode's log p is fp32 (error ~1e-7): the hand ranking holds if no cut is closer than that
     assert gap > 1e-4
@@ -284,9 +334,9 @@ def test_per_row_schedules_equal_separate_runs():
     counts = unknown.sum(1)
     sched = torch.stack([mask_schedule(counts[:1], 5, lin)[:, 0], mask_schedule(counts[1:], 5, cos)[:, 0],
                          mask_schedule(counts[1:], 5, cos)[:, 1]], 1)         # row 0 linear, rows 1-2 cosine
-    mixed = decode(fn, tokens, unknown, seeds, None, K, 5, schedule=sched)
-    a = decode(fn, tokens[:1], unknown[:1], seeds[:1], lin, K, 5)
-    b = decode(fn, tokens[1:], unknown[1:], seeds[1:], cos, K, 5)
+    mixed = decode(fn, tokens, unknown, seeds, K, sched, DecodeSettings(total_iter=5, temperature=1.0))
+    a = run(fn, tokens[:1], unknown[:1], seeds[:1], total_iter=5, mask_func='linear')
+    b = run(fn, tokens[1:], unknown[1:], seeds[1:], total_iter=5, mask_func='cosine')
     assert torch.equal(mixed.masks, torch.cat([a.masks, b.masks], 1))
     assert torch.equal(mixed.tokens, torch.cat([a.tokens, b.tokens]))
     assert a.masks[:, 0].sum(1).tolist() != b.masks[:, 0].sum(1).tolist()   # 50 unknown each, other counts
@@ -343,33 +393,30 @@ def test_greedy_reveals_the_most_confident():
 
 def test_generation_mode_fills_everything(transformer):
     seeds = image_seeds(0, [0, 1, 2])
-    out = generate(transformer, 3, N, seeds, COSINE, K, total_iter=5)
+    out = generate(transformer, 3, N, seeds, K, DecodeSettings(total_iter=5, temperature=1.0))
     assert out.tokens.shape == (3, N) and (out.tokens < K).all() and out.masks[0].all()
-    same = decode(transformer, torch.zeros(3, N, dtype=torch.long), torch.ones(3, N, dtype=torch.bool),
-                  seeds, COSINE, K, total_iter=5)
+    same = run(transformer, torch.zeros(3, N, dtype=torch.long), torch.ones(3, N, dtype=torch.bool), seeds,
+               total_iter=5)
     assert torch.equal(out.tokens, same.tokens)
 
 
 def test_wrong_logits_shape_is_an_error():
     tokens, unknown = random_problem([10])
+    s = DecodeSettings()
     with pytest.raises(ValueError, match="expected"):
-        decode(lambda t: torch.zeros(*t.shape, K), tokens, unknown, [0], COSINE, K)
+        decode(lambda t: torch.zeros(*t.shape, K), tokens, unknown, [0], K, s.schedule(unknown.sum(1)), s)
+
+
+def test_schedule_of_another_batch_is_an_error():
+    tokens, unknown = random_problem([10, 20])
+    s = DecodeSettings()
+    with pytest.raises(ValueError, match=r"schedule has shape \(8, 1\); expected \[T, 2\]"):
+        decode(row_model(), tokens, unknown, [0, 1], K, s.schedule(unknown[:1].sum(1)), s)
 
 
 # ----------------------------------------------------------------------------- the script
 
-IMG, LAT, CODES = 16, 4, 16
-VQ_PARAM = dict(image_channels=3, enc_channels=[8, 8, 8], dec_channels=[8, 8], latent_dim=8, img_resolution=IMG,
-                latent_resolution=LAT, num_codebook_vectors=CODES, beta=0.25, gn_groups=4, enc_res_blocks=1,
-                dec_res_blocks=1)
 IDS = (3, 10, 11)
-
-
-def maskgit_param(tmp, dim=16):
-    return dict(VQ_Configs=dict(VQ_config_path=str(tmp / 'vq.yml'), VQ_CKPT_path=str(tmp / 'vq.pt')),
-                num_image_tokens=LAT * LAT, num_codebook_vectors=CODES, choice_temperature=4.5, gamma_type='cosine',
-                Transformer_param=dict(num_image_tokens=LAT * LAT, num_codebook_vectors=CODES, dim=dim, n_layers=1,
-                                       hidden_dim=2 * dim, num_heads=2))
 
 
 def hole_mask(i):
@@ -380,23 +427,8 @@ def hole_mask(i):
 
 
 @pytest.fixture(scope='module')
-def lab(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp('lab')
-    torch.manual_seed(0)
-    (tmp / 'vq.yml').write_text(yaml.safe_dump(dict(model_param=VQ_PARAM)))
-    atomic_save(VQGAN(VQ_PARAM).state_dict(), str(tmp / 'vq.pt'))
-    (tmp / 'mg.yml').write_text(yaml.safe_dump(dict(model_param=maskgit_param(tmp))))
-    atomic_save(MaskGit(maskgit_param(tmp)).transformer.state_dict(), str(tmp / 'tr.pt'))
-    rng = np.random.default_rng(0)
-    (tmp / 'img').mkdir()
-    (tmp / 'mask').mkdir()
-    for i in IDS:
-        img = rng.integers(0, 256, (IMG, IMG, 3), dtype=np.uint8)
-        m = hole_mask(i)
-        img[m == 0] = 128
-        Image.fromarray(img).save(tmp / 'img' / f'image_{i:03d}.png')
-        Image.fromarray(m, 'L').save(tmp / 'mask' / f'mask_{i:03d}.png')
-    return tmp
+def lab(make_inpainting_lab):
+    return make_inpainting_lab(IDS, hole_mask)
 
 
 def cli(lab, out, *extra, img=None, mask=None, ckpt=None, cfg=None):
@@ -510,7 +542,102 @@ def test_bad_inputs_give_one_line_errors(lab, tmp_path, capsys):
     assert 'no masked image files' in _error(capsys, cli(lab, tmp_path / 'o', img=tmp_path / 'empty'))
     assert 'not found' in _error(capsys, cli(lab, tmp_path / 'o', mask=tmp_path / 'nowhere'))
     assert 'checkpoint not found' in _error(capsys, cli(lab, tmp_path / 'o', ckpt=tmp_path / 'none.pt'))
-    atomic_save(MaskGit(maskgit_param(lab, dim=24)).transformer.state_dict(), str(tmp_path / 'wide.pt'))
+    atomic_save(MaskGit(inpaint_maskgit_param(lab, dim=24)).transformer.state_dict(), str(tmp_path / 'wide.pt'))
     err = _error(capsys, cli(lab, tmp_path / 'o', ckpt=tmp_path / 'wide.pt'))
     assert 'wide.pt' in err and 'shape' in err
     assert not (tmp_path / 'o' / 'test_results').exists()   # nothing written on bad input
+
+
+# ----------------------------------------------------------------------------- Inpainter: refine, images
+
+def lab_batch(lab, **given):
+    """(Inpainter on the lab's models with DecodeSettings given over its config, images, masks, ids)."""
+    args = inpainting.parse_args(['--device', 'cpu', '--MaskGitConfig', str(lab / 'mg.yml'),
+                                  '--load-transformer-ckpt-path', str(lab / 'tr.pt')])
+    model, cfg = inpainting.load_maskgit(args, torch.device('cpu'))
+    mean, std = data_stats(cfg, 'test')
+    data = PairedTestDataset(lab / 'img', lab / 'mask', 1.0, mean, std)
+    imgs, masks, ids = (torch.stack(x) if torch.is_tensor(x[0]) else torch.tensor(x) for x in zip(*data))
+    settings = DecodeSettings.from_config(cfg['model_param'], **given)
+    return inpainting.Inpainter(model, settings, mean, std), imgs, masks, ids
+
+
+def plain_decode(inp, imgs, masks, ids, tokens=None, seed=None):
+    """One decode of the holes in the context of `tokens` (default: the masked image's own)."""
+    s = inp.settings
+    unknown = latent_mask(masks, inp.factor).flatten(1)
+    tokens = inp.vqgan.encode_indices(imgs) if tokens is None else tokens
+    return decode(inp.model.transformer, tokens, unknown, image_seeds(s.seed if seed is None else seed, ids),
+                  inp.model.mask_token_id, s.schedule(unknown.sum(1)), s)
+
+
+def test_refine_0_is_the_plain_decode(lab):
+    inp, imgs, masks, ids = lab_batch(lab, total_iter=4, seed=3)
+    out, plain = inp(imgs, masks, ids), plain_decode(inp, imgs, masks, ids)
+    for f in ('tokens', 'masks', 'steps', 'preds'):
+        assert torch.equal(getattr(out, f), getattr(plain, f)), f
+
+
+def test_refine_decodes_the_holes_again_in_the_re_encoded_composites_context(lab):
+    context_changed = seed_mattered = False
+    for temperature in (0.0, 1.0):  # argmax, then sampled: the seed matters in the second
+        inp, imgs, masks, ids = lab_batch(lab, total_iter=4, seed=3, refine=1, temperature=temperature)
+        unknown = latent_mask(masks, inp.factor).flatten(1)
+        first = plain_decode(inp, imgs, masks, ids)
+        composite = masks * denormalize(imgs, inp.mean, inp.std) + (1 - masks) * inp.images(first.tokens)
+        context = inp.vqgan.encode_indices(normalize(composite, inp.mean, inp.std))
+        out = inp(imgs, masks, ids)
+        assert torch.equal(out.tokens[~unknown], context[~unknown])          # known: the composite's tokens
+        again = plain_decode(inp, imgs, masks, ids, context, seed=4)
+        assert torch.equal(out.tokens, again.tokens)                         # holes decoded again, seed + 1
+        context_changed |= bool((context != inp.vqgan.encode_indices(imgs))[~unknown].any())
+        seed_mattered |= not torch.equal(again.tokens, plain_decode(inp, imgs, masks, ids, context, seed=3).tokens)
+    assert context_changed and seed_mattered  # else this test could not tell a wrong context or seed
+
+
+def test_render_decodes_all_steps_in_one_call_and_reuses_the_last(lab, monkeypatch):
+    inp, imgs, masks, ids = lab_batch(lab, total_iter=4)
+    out = inp(imgs, masks, ids)
+    calls, real = [], inp.vqgan.decode_indices
+    monkeypatch.setattr(inp.vqgan, 'decode_indices', lambda t: calls.append(len(t)) or real(t))
+    steps, final = inp.render(imgs, masks, out)
+    assert calls == [4 * len(ids)]                                        # every step at once, the result reused
+    monkeypatch.undo()
+    for s in range(4):
+        assert torch.allclose(steps[s], inp.images(out.preds[s]), atol=1e-5)
+    assert torch.equal(final, steps[-1]) and torch.allclose(final, inp.final(imgs, masks, out), atol=1e-5)
+    inp.paste_known = True
+    _, pasted = inp.render(imgs, masks, out)
+    keep = (masks == 1).expand_as(pasted)
+    assert torch.equal(pasted[keep], denormalize(imgs, inp.mean, inp.std)[keep])
+    assert torch.equal(pasted[~keep], final[~keep])
+
+
+def test_script_refine_keeps_known_pixels_and_writes_every_output(lab, tmp_path):
+    assert cli(lab, tmp_path / 'r', '--refine', '1', '--paste-known', '--batch-size', '2') == 0
+    for i in IDS:
+        for sub, name in (('test_results', f'image_{i:03d}.png'), ('imga', f'test_{i}.png'),
+                          ('mask_scheduling', f'test_{i}.png')):
+            assert (tmp_path / 'r' / sub / name).is_file()
+        out = np.asarray(Image.open(tmp_path / 'r' / 'test_results' / f'image_{i:03d}.png')).astype(int)
+        inp = np.asarray(Image.open(lab / 'img' / f'image_{i:03d}.png')).astype(int)
+        keep = hole_mask(i) == 255
+        assert np.abs(out[keep] - inp[keep]).max() <= 1
+    assert cli(lab, tmp_path / 'a', '--refine', '0') == 0 and cli(lab, tmp_path / 'b') == 0
+    for i in IDS:  # --refine 0 is the plain path
+        result = lambda run: (tmp_path / run / 'test_results' / f'image_{i:03d}.png').read_bytes()
+        assert result('a') == result('b')
+
+
+@pytest.mark.parametrize('batch_size', ['1', '3'])   # 1: the next batch finds it; 3: the final join does
+def test_a_failed_background_write_is_a_one_line_error(lab, tmp_path, capsys, monkeypatch, batch_size):
+    real = inpainting.atomic_save_image
+
+    def full(img, path):  # the first image only: later writes succeed, the failure must not be lost
+        if path.endswith('image_003.png'):
+            raise OSError("no space left on device")
+        real(img, path)
+    monkeypatch.setattr(inpainting, 'atomic_save_image', full)   # used by the writer thread only
+    rc = cli(lab, tmp_path / 'o', '--batch-size', batch_size)
+    err = capsys.readouterr().err                                  # the progress bar, then the error
+    assert rc == 2 and err.splitlines()[-1] == 'error: no space left on device' and 'Traceback' not in err

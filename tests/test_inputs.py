@@ -1,4 +1,4 @@
-"""Bad input found early (inpainting.py, utils.PairedTestDataset) and files never left wrong (utils.py).
+"""Bad input found early (inpainting.py, dataset.PairedTestDataset) and files never left wrong (utils.py).
 
 Every refusal is one line naming the file or flag, and comes before any output is written.
 """
@@ -17,31 +17,14 @@ from PIL import Image
 import inpainting
 import training_vqgan
 import utils
+from conftest import IMG
 from dataset import PairedTestDataset
-from models.maskgit import MaskGit
-from models.vqgan import VQGAN
 from utils import atomic_open, atomic_save, load_checkpoint, save_checkpoint
 
-IMG, LAT, CODES = 16, 4, 16
-VQ = dict(image_channels=3, enc_channels=[8, 8, 8], dec_channels=[8, 8], latent_dim=8, img_resolution=IMG,
-          latent_resolution=LAT, num_codebook_vectors=CODES, beta=0.25, gn_groups=4, enc_res_blocks=1,
-          dec_res_blocks=1)
 IDS = (1, 2, 5)
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def maskgit_param(tmp):
-    return dict(VQ_Configs=dict(VQ_config_path=str(tmp / 'vq.yml'), VQ_CKPT_path=str(tmp / 'vq.pt')),
-                num_image_tokens=LAT * LAT, num_codebook_vectors=CODES, choice_temperature=4.5, gamma_type='cosine',
-                Transformer_param=dict(num_image_tokens=LAT * LAT, num_codebook_vectors=CODES, dim=16, n_layers=1,
-                                       hidden_dim=32, num_heads=2))
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def hole_mask(i):
@@ -51,23 +34,9 @@ def hole_mask(i):
 
 
 @pytest.fixture(scope='module')
-def lab(tmp_path_factory):
+def lab(make_inpainting_lab):
     """A tiny VQGAN + transformer, and three masked images with their 0/255 masks."""
-    tmp = tmp_path_factory.mktemp('lab')
-    torch.manual_seed(0)
-    (tmp / 'vq.yml').write_text(yaml.safe_dump(dict(model_param=VQ)))
-    atomic_save(VQGAN(VQ).state_dict(), str(tmp / 'vq.pt'))
-    (tmp / 'mg.yml').write_text(yaml.safe_dump(dict(model_param=maskgit_param(tmp))))
-    atomic_save(MaskGit(maskgit_param(tmp)).transformer.state_dict(), str(tmp / 'tr.pt'))
-    rng = np.random.default_rng(0)
-    for d in ('img', 'mask'):
-        (tmp / d).mkdir()
-    for i in IDS:
-        img = rng.integers(0, 256, (IMG, IMG, 3), dtype=np.uint8)
-        img[hole_mask(i) == 0] = 128
-        Image.fromarray(img).save(tmp / 'img' / f'image_{i:03d}.png')
-        Image.fromarray(hole_mask(i), 'L').save(tmp / 'mask' / f'mask_{i:03d}.png')
-    return tmp
+    return make_inpainting_lab(IDS, hole_mask)
 
 
 def copy_data(lab, dst):
@@ -175,12 +144,26 @@ def test_truncated_image_is_found_before_any_output(lab, tmp_path, capsys):
 
 
 @pytest.mark.parametrize('flags', [['--temperature', 'nan'], ['--temperature', 'inf'], ['--temperature', '-1'],
+                                   ['--choice-temperature', '-1'], ['--total-iter', '0'], ['--refine', '-1'],
                                    ['--partial', '-0.5'], ['--partial', '0'], ['--partial', '1.5'],
                                    ['--partial', 'nan']])
-def test_bad_temperature_and_partial_are_argparse_errors(flags, capsys):
+def test_bad_decoding_flags_and_partial_are_argparse_errors(flags, capsys):
     with pytest.raises(SystemExit) as e:
         inpainting.parse_args(flags)
-    assert e.value.code == 2 and flags[0] in capsys.readouterr().err
+    assert e.value.code == 2 and f"error: {flags[0]} must be" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_bad_decoding_value_in_the_config_is_refused_before_any_output(lab, tmp_path, capsys):
+    cfg = yaml.safe_load((lab / 'mg.yml').read_text())
+    cfg['model_param']['choice_temperature'] = -1.0
+    (tmp_path / 'bad.yml').write_text(yaml.safe_dump(cfg))
+    err = one_line_error(capsys, inpainting.main(['--device', 'cpu', '--MaskGitConfig', str(tmp_path / 'bad.yml'),
+                                                  '--load-transformer-ckpt-path', str(lab / 'tr.pt'),
+                                                  '--test-maskedimage-path', str(lab / 'img'),
+                                                  '--test-mask-path', str(lab / 'mask'),
+                                                  '--output-dir', str(tmp_path / 'o')]))
+    assert err == 'error: --choice-temperature must be a number >= 0, got -1.0'
+    assert not (tmp_path / 'o').exists()
 
 
 def test_negative_partial_is_refused_by_the_dataset_too(lab):

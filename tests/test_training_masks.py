@@ -1,6 +1,5 @@
 """Test-like holes at training time, validation masks, the mask-robust encoder, and checks before saving."""
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,19 +7,16 @@ import torch
 import yaml
 from PIL import Image
 
-import inpainting
 import prepare_dataset
 import training_encoder as te
 import training_transformer as tt
-from conftest import K, N, TINY_VQ, run_args, tiny_mp
+from conftest import ROOT, TINY_VQ, K, N, run_args, tiny_mp
 from dataset import MASK_FILL
 from models.maskgit import MaskGit
-from models.masks import (fill_holes, hole_fraction, latent_mask, make_mask, mask_rng, normalised_fill,
-                          pixel_mask_bank, token_mask_bank)
+from models.masks import (fill_holes, hole_fraction, latent_mask, make_mask, mask_rng, normalised_fill, pixel_mask_bank,
+                          token_mask_bank)
 from models.vqgan import VQGAN
 from utils import load_checkpoint, load_config, sha256_file
-
-ROOT = Path(__file__).resolve().parents[1]
 
 torch.set_num_threads(1)
 TINY_VQ_L2 = dict(TINY_VQ, l2_codes=True)  # the small config's cosine code lookup
@@ -119,10 +115,6 @@ def test_context_outside_the_hole_is_what_the_model_reads():
     assert (shown[mask] == K).all() and mask[1, :6].all()
 
 
-def test_cli_default_decodes_by_argmax():
-    assert vars(inpainting.parse_args([])) == vars(inpainting.parse_args(['--temperature', '0']))
-
-
 # ----------------------------------------------------------------------------- the mask-robust encoder
 
 def test_encoder_distillation_raises_known_token_agreement():
@@ -195,9 +187,9 @@ def test_an_exploding_update_is_never_saved(lab, tmp_path):
 
 
 def test_context_cache_is_the_masked_image_encoded_and_is_reused(lab, tmp_path):
+    from dataset import TRAIN_MEAN, TRAIN_STD, ImageDataset
     from models.token_cache import load_context_tokens, load_tokens, vqgan_meta
     from models.vqgan import load_vqgan
-    from dataset import TRAIN_MEAN, TRAIN_STD, ImageDataset
     vq = load_vqgan(str(lab / 'vq.yml'), str(lab / 'vq.pt'))
     calls = []
     get = lambda: calls.append(1) or vq

@@ -6,7 +6,6 @@ import socket
 import subprocess
 import sys
 from contextlib import nullcontext
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,15 +16,13 @@ from PIL import Image
 
 import training_transformer as tt
 from benchmarks.flops import peak_tflops
-from conftest import COURSE_TRAIN, K, N, TINY_VQ, run_args, tiny_mp
+from conftest import COURSE_TRAIN, ROOT, TINY_VQ, K, N, run_args, tiny_mp
 from dataset import ImageDataset, data_stats
 from models.maskgit import MaskGit, gamma_func, mvtm_loss
 from models.token_cache import cache_path, load_tokens, vqgan_meta
 from models.transformer import BidirectionalTransformer, MultiHeadAttention
 from models.vqgan import VQGAN, load_vqgan
 from utils import load_checkpoint, load_config, sha256_file
-
-ROOT = Path(__file__).resolve().parents[1]
 
 torch.set_num_threads(1)
 

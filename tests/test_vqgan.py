@@ -9,11 +9,11 @@ import yaml
 from PIL import Image
 
 import training_vqgan
+from conftest import ROOT
 from models.discriminator import Discriminator
 from models.vqgan import VQGAN, Codebook, load_vqgan
 from utils import load_checkpoint, load_config, load_state_dict_checked, sha256_file
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(image_channels=3, enc_channels=[8, 8, 16], dec_channels=[8, 8, 16], latent_dim=8,
             img_resolution=32, latent_resolution=8, num_codebook_vectors=32, beta=0.25, gn_groups=4,
             enc_res_blocks=1, dec_res_blocks=1)
