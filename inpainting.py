@@ -37,7 +37,7 @@ SUMMARY_IMAGES = 4  # images per row of schedules.png
 
 def add_decoding_args(parser):
     """The decoding flags, one per DecodeSettings field, each default None: an unset flag takes the config's
-    value (model_param: gamma_type, choice_temperature), else DecodeSettings' default."""
+    value (model_param: gamma_type, choice_temperature, refine), else DecodeSettings' default."""
     d = DecodeSettings()
     parser.add_argument('--total-iter', type=int, default=None, help=f"decoding steps T (default {d.total_iter})")
     parser.add_argument('--mask-func', default=None, choices=SCHEDULES,
@@ -54,7 +54,7 @@ def add_decoding_args(parser):
     parser.add_argument('--seed', type=int, default=None,
                         help=f"run seed (default {d.seed}); each image's randomness is (seed, image number)")
     parser.add_argument('--refine', type=int, default=None, metavar='N',
-                        help=f"after decoding, N times (default {d.refine}): paste the input's known pixels over the "
+                        help=f"after decoding, N times (default: the config's refine, else {d.refine}): paste the input's known pixels over the "
                              "result, re-encode it for the known tokens' context and decode the holes again (seed + k)")
     return parser
 

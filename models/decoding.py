@@ -102,7 +102,7 @@ def mask_schedule(n_unknown, total_iter, gamma):
 
 # ----------------------------------------------------------------------------- settings
 
-_CONFIG_KEYS = {'mask_func': 'gamma_type', 'choice_temperature': 'choice_temperature'}  # field -> model_param key
+_CONFIG_KEYS = {'mask_func': 'gamma_type', 'choice_temperature': 'choice_temperature', 'refine': 'refine'}  # -> model_param
 
 
 def _is_int(x):
@@ -142,7 +142,7 @@ class DecodeSettings:
     @classmethod
     def from_config(cls, model_param=None, **given):
         """Each field: the given value unless None, else the config's (model_param's gamma_type ->
-        mask_func, choice_temperature), else the default."""
+        mask_func, choice_temperature, refine), else the default."""
         unknown = set(given) - {f.name for f in fields(cls)}
         if unknown:
             raise TypeError(f"unknown decoding settings: {', '.join(sorted(unknown))}")

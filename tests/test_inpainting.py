@@ -173,8 +173,9 @@ def test_latent_mask_from_hand_made_pixel_mask():
 def test_settings_take_the_given_value_then_the_configs_then_the_default():
     d = DecodeSettings()
     assert DecodeSettings.from_config(None) == d
-    mp = dict(gamma_type='linear', choice_temperature=0.0)   # 0.0: a value, not "unset" (default 4.5)
-    assert DecodeSettings.from_config(mp) == DecodeSettings(mask_func='linear', choice_temperature=0.0)
+    mp = dict(gamma_type='linear', choice_temperature=0.0, refine=2)   # 0.0: a value, not "unset" (default 4.5)
+    assert DecodeSettings.from_config(mp) == DecodeSettings(mask_func='linear', choice_temperature=0.0, refine=2)
+    assert DecodeSettings.from_config(mp, refine=0).refine == 0
     s = DecodeSettings.from_config(mp, mask_func='root', choice_temperature=2.0, total_iter=3, temperature=None)
     assert (s.mask_func, s.choice_temperature, s.total_iter, s.temperature) == ('root', 2.0, 3, d.temperature)
     assert DecodeSettings.from_config(dict(choice_temperature=4.5), choice_temperature=0.0).choice_temperature == 0
@@ -209,7 +210,7 @@ def test_cli_default_is_argmax_with_the_configs_schedule_and_choice_temperature(
     default = inpainting.decoding_settings(inpainting.parse_args([]), mp)
     assert default == inpainting.decoding_settings(inpainting.parse_args(['--temperature', '0']), mp)
     assert default == DecodeSettings(temperature=0.0, mask_func=mp['gamma_type'],
-                                     choice_temperature=mp['choice_temperature'])
+                                     choice_temperature=mp['choice_temperature'], refine=mp['refine'])
 
 
 def test_settings_schedule_is_the_named_gammas():
