@@ -89,25 +89,34 @@ INPAINT_VQ = dict(image_channels=3, enc_channels=[8, 8, 8], dec_channels=[8, 8],
                   dec_res_blocks=1)
 
 
-def inpaint_maskgit_param(root, dim=16):
-    """model_param of a one-layer MaskGit on root's vq.yml / vq.pt."""
+def inpaint_maskgit_param(root, dim=16, **transformer):
+    """model_param of a one-layer MaskGit on root's vq.yml / vq.pt; `transformer` adds Transformer_param keys."""
     return dict(VQ_Configs=dict(VQ_config_path=str(root / 'vq.yml'), VQ_CKPT_path=str(root / 'vq.pt')),
                 num_image_tokens=LAT * LAT, num_codebook_vectors=CODES, choice_temperature=4.5, gamma_type='cosine',
                 Transformer_param=dict(num_image_tokens=LAT * LAT, num_codebook_vectors=CODES, dim=dim, n_layers=1,
-                                       hidden_dim=2 * dim, num_heads=2))
+                                       hidden_dim=2 * dim, num_heads=2, **transformer))
+
+
+CLASS_NAMES = ['cat', 'dog', 'fish']  # the classes of a conditional lab
 
 
 @pytest.fixture(scope='session')
 def make_inpainting_lab(tmp_path_factory):
-    """make_inpainting_lab(ids, hole_mask) -> a new folder: random-init tiny VQGAN (vq.yml, vq.pt) and transformer
-    (mg.yml, tr.pt; seed 0), and per id a random image with its hole grey in img/ and the 0/255 mask in mask/."""
-    def make(ids, hole_mask):
+    """make_inpainting_lab(ids, hole_mask, conditional=False) -> a new folder: random-init tiny VQGAN (vq.yml, vq.pt)
+    and transformer (mg.yml, tr.pt; seed 0), and per id a random image with its hole grey in img/ and the 0/255
+    mask in mask/. conditional: the transformer has CLASS_NAMES, with random class vectors (classes matter)."""
+    def make(ids, hole_mask, conditional=False):
         tmp = tmp_path_factory.mktemp('lab')
         torch.manual_seed(0)
         (tmp / 'vq.yml').write_text(yaml.safe_dump(dict(model_param=INPAINT_VQ)))
         atomic_save(VQGAN(INPAINT_VQ).state_dict(), str(tmp / 'vq.pt'))
-        (tmp / 'mg.yml').write_text(yaml.safe_dump(dict(model_param=inpaint_maskgit_param(tmp))))
-        atomic_save(MaskGit(inpaint_maskgit_param(tmp)).transformer.state_dict(), str(tmp / 'tr.pt'))
+        mp = inpaint_maskgit_param(tmp, **(dict(num_classes=len(CLASS_NAMES)) if conditional else {}))
+        (tmp / 'mg.yml').write_text(yaml.safe_dump(dict(model_param=mp)))
+        transformer = MaskGit(mp).transformer
+        if conditional:
+            transformer.class_emb.weight.data.normal_(0, 1.0)
+            transformer.class_emb.names = CLASS_NAMES
+        atomic_save(transformer.state_dict(), str(tmp / 'tr.pt'))
         rng = np.random.default_rng(0)
         for d in ('img', 'mask'):
             (tmp / d).mkdir()
