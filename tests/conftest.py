@@ -9,7 +9,7 @@ from PIL import Image
 
 from models.maskgit import MaskGit
 from models.vqgan import VQGAN
-from utils import atomic_save, load_config
+from utils import atomic_save, load_checkpoint, load_config
 
 ROOT = Path(__file__).resolve().parents[1]                         # the repo
 SHARED_LAB = Path(__file__).resolve().parents[2] / 'shared' / 'lab'  # the course interface, when checked out beside us
@@ -37,6 +37,26 @@ def run_args(lab, out, *extra):
     return ['--MaskGitConfig', str(lab / 'mg.yml'), '--train_d_path', str(lab / 'train'), '--val_d_path',
             str(lab / 'val'), '--checkpoint-path', str(out / 'last_ckpt.pt'), '--device', 'cpu', '--num_workers', '0',
             *extra]
+
+
+def interrupt_then_resume(lab, out, monkeypatch, *flags, crash_at=5):
+    """training_transformer.py on a lab, into `out`, saving after every step (--ckpt-interval 1) and interrupted
+    in optimizer step `crash_at`, then --resume'd to the end. Returns (the step train_state.pt held when
+    interrupted, the resumed run's progress)."""
+    import training_transformer as tt
+    real, calls = tt.accumulate_grads, []
+
+    def crash(*a, **kw):
+        calls.append(1)
+        if len(calls) == crash_at:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+    monkeypatch.setattr(tt, 'accumulate_grads', crash)
+    with pytest.raises(KeyboardInterrupt):
+        tt.main(run_args(lab, out, *flags, '--ckpt-interval', '1'))
+    monkeypatch.setattr(tt, 'accumulate_grads', real)
+    saved = load_checkpoint(out / 'train_state.pt')['step']
+    return saved, tt.main(run_args(lab, out, *flags, '--resume'))
 
 
 @pytest.fixture(scope='module')
