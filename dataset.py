@@ -2,6 +2,7 @@
 
 Images are RGB PNGs normalised with the course's statistics; masks are mode-L PNGs, 0 = hole, 255 = keep.
 """
+import json
 import os
 import re
 
@@ -66,6 +67,16 @@ def tensor01_to_pil(x):
     return Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a)
 
 
+def rgb_over_white(img):
+    """Any PIL image -> RGB, transparency composited over white (the datasets' background)."""
+    if img.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'F'):  # 16/32-bit greyscale: scale to 8 bits first
+        a = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(a / max(a.max(), 1) * 255, 0, 255).astype(np.uint8), 'L')
+    img = img.convert('RGBA')  # applies palette/greyscale transparency (tRNS) too
+    white = Image.new('RGBA', img.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, img).convert('RGB')
+
+
 def load_rgb(path):
     try:
         with Image.open(path) as img:
@@ -117,6 +128,73 @@ def check_mask(path):
                          f"{MASK_GREY[0]} and {MASK_GREY[1]} (masks use 0 = hole, 255 = keep; "
                          f"are the image and mask folders swapped?)")
     return float((a < MASK_THRESHOLD).mean()), float(((a != 0) & (a != 255)).mean())
+
+
+def load_user_pair(image_path, mask_path, size, invert=False):
+    """inpainting.py's --image / --mask: (image [3, size, size] in [0, 1], keep [1, size, size] float (1 = keep),
+    a one-line note or None).
+
+    The image, transparency over white, is centre-cropped to a square when it is not one and resized
+    (antialiased) to size x size; the note says which. The mask, any size, 0 = hole (values below
+    MASK_THRESHOLD; `invert` flips it), is resized (nearest) to the image's size, then cropped and resized
+    (nearest) like the image. mask_path None: everything kept. Unreadable files: one-line errors naming them."""
+    try:
+        with Image.open(image_path) as img:
+            img = rgb_over_white(img)
+    except Exception as e:
+        raise ValueError(f"cannot read image {image_path}: {str(e).splitlines()[0]}") from None
+    w, h = img.size
+    side = min(w, h)
+    crop = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
+    note = None
+    if (w, h) != (size, size):
+        how = f"centre-cropped to {side}x{side} and resized" if w != h else "resized"
+        note = f"note: image {image_path} is {w}x{h}: {how} to {size}x{size}, the model's resolution"
+    image = pil_to_tensor01(img.crop(crop).resize((size, size), Image.Resampling.LANCZOS))
+    if mask_path is None:
+        return image, torch.ones(1, size, size), note
+    check_mask(mask_path)  # readable, binary (not a 0/1 mask, not a photo)
+    with Image.open(mask_path) as m:
+        m = m.convert('L').resize((w, h), Image.Resampling.NEAREST)
+    a = np.asarray(m.crop(crop).resize((size, size), Image.Resampling.NEAREST))
+    keep = torch.from_numpy((a < MASK_THRESHOLD) if invert else (a >= MASK_THRESHOLD)).float()[None]
+    return image, keep, note
+
+
+# ----------------------------------------------------------------------------- class labels
+
+def read_labels(path):
+    """prepare_dataset.py's labels.json, {"train/image_00000.png": "class name" (or null), ...}."""
+    try:
+        with open(path) as f:
+            labels = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"labels file not found: {path} (prepare_dataset.py writes labels.json beside "
+                                f"the split folders; or pass --labels)") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read labels file {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(labels, dict) or not all(v is None or isinstance(v, str) for v in labels.values()):
+        raise ValueError(f"labels file {path} must map image paths to class names (or null)")
+    return labels
+
+
+def class_names(labels):
+    """The classes of a labels.json, sorted: a class's id is its place in this list."""
+    return sorted({v for v in labels.values() if v is not None})
+
+
+def image_labels(labels, image_paths, root, names, source):
+    """Class ids [n] long of the images (labels' keys are their paths relative to `root`, the folder of the
+    labels file `source`); an image labelled null gets the null class len(names). One-line error for an image
+    the file does not list."""
+    ids = {name: i for i, name in enumerate(names)}
+    out = []
+    for p in image_paths:
+        key = os.path.relpath(p, root).replace(os.sep, '/')
+        if key not in labels:
+            raise ValueError(f"labels file {source} has no entry '{key}' for image {p}")
+        out.append(len(names) if labels[key] is None else ids[labels[key]])
+    return torch.tensor(out, dtype=torch.long)
 
 
 # ----------------------------------------------------------------------------- datasets

@@ -7,6 +7,9 @@ The course's flags keep their meaning. Writes, under --output-dir:
   schedules.png                   each row a mask schedule on the first images of the first batch:
                                   the mask of the first image at every step, then the results
   gallery.png                     with --gallery N: input | each step | result | OpenCV Telea | ground truth
+Beyond the course: --class (a conditional checkpoint; classifier-free guidance with --cfg-scale), --outpaint
+REGION and --box x0,y0,x1,y1 (what to regenerate, besides the masks' holes), and --image PATH --mask PATH for one
+image of one's own, which writes <stem>_result.png and <stem>_steps.png (input | each step) instead.
 Before anything is written, every image and mask is decoded in full and checked (pairs by number without
 ambiguity, sizes, binary masks: a 0/1 mask or a non-mask is refused, a lossy one thresholded at 128 with a
 note, one almost all hole warned about) and --output-dir is checked for writing; errors are one line.
@@ -22,11 +25,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dataset import PairedTestDataset, data_stats, denormalize, load_rgb, normalize, pil_to_tensor01, tensor01_to_pil
+from dataset import (PairedTestDataset, data_stats, denormalize, load_rgb, load_user_pair, normalize, pil_to_tensor01,
+                     tensor01_to_pil)
 from models.baselines import have_opencv, opencv_fill
-from models.decoding import SCHEDULES, DecodeSettings, decode, image_seeds
+from models.decoding import CFG_SCHEDULES, SCHEDULES, DecodeSettings, decode, image_seeds
 from models.maskgit import MaskGit, transformer_state_dict
-from models.masks import latent_mask
+from models.masks import OUTPAINT_REGIONS, box_keep, fill_holes, latent_mask, normalised_fill, outpaint_keep
+from models.transformer import check_guidance, class_id
 from models.vqgan import load_vqgan
 from plots import save_grid
 from utils import (atomic_save_image, check_writable, load_checkpoint, load_config, load_state_dict_checked,
@@ -56,7 +61,24 @@ def add_decoding_args(parser):
     parser.add_argument('--refine', type=int, default=None, metavar='N',
                         help=f"after decoding, N times (default: the config's refine, else {d.refine}): paste the input's known pixels over the "
                              "result, re-encode it for the known tokens' context and decode the holes again (seed + k)")
+    parser.add_argument('--cfg-scale', type=float, default=None, metavar='W',
+                        help=f"classifier-free guidance of a conditional model (default {d.cfg_scale}: off): logits = "
+                             "(1+W) cond - W uncond, both from one batched pass")
+    parser.add_argument('--cfg-schedule', default=None, choices=CFG_SCHEDULES,
+                        help=f"W over the steps (default {d.cfg_schedule}): constant, or linear from 0 at the first "
+                             "step to W at the last")
     return parser
+
+
+def parse_box(text):
+    """argparse type of --box: 'x0,y0,x1,y1' -> four ints."""
+    try:
+        box = tuple(int(v) for v in text.split(','))
+    except ValueError:
+        box = ()
+    if len(box) != 4:
+        raise argparse.ArgumentTypeError(f"expected x0,y0,x1,y1 (four integers, pixels), got {text!r}")
+    return box
 
 
 def decoding_settings(args, model_param=None):
@@ -85,11 +107,32 @@ def parse_args(argv=None):
                    help="write gallery.png: the first N images as rows of input | steps | result | OpenCV Telea's "
                         "fill (when opencv-python-headless is installed) | ground truth (with --gt-path)")
     p.add_argument('--gt-path', default=None, help="ground-truth folder (image_{i:03d}.png) for the gallery's last column")
+    p.add_argument('--class', dest='class_name', default=None, metavar='NAME|ID',
+                   help="condition every image on this class (a conditional checkpoint; default: the null class)")
+    region = p.add_mutually_exclusive_group()
+    region.add_argument('--outpaint', default=None, choices=OUTPAINT_REGIONS,
+                        help="keep this region's tokens and regenerate the rest (besides the masks' holes): center "
+                             "keeps the central quarter of the token grid, a side half of it, a corner a quarter")
+    region.add_argument('--box', type=parse_box, default=None, metavar='x0,y0,x1,y1',
+                        help="regenerate the tokens inside this pixel box (x1, y1 exclusive; snapped outward to "
+                             "tokens), under --class if given; every pixel outside it is the input's")
+    p.add_argument('--image', default=None, help="inpaint this one image instead of the test folders (any size: "
+                                                 "resized, centre-cropped first when not square)")
+    p.add_argument('--mask', default=None, help="the mask of --image: any size (resized, nearest), 0 = hole")
+    p.add_argument('--invert-mask', action='store_true', help="--mask's 0 means keep, not hole")
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error("--batch-size must be >= 1")
     if not 0 < args.partial <= 1:  # also refuses nan
         p.error(f"--partial must be in (0, 1], got {args.partial}")
+    if args.mask and not args.image:
+        p.error("--mask needs --image (the test folders' masks are --test-mask-path)")
+    if args.image and not (args.mask or args.outpaint or args.box):
+        p.error("--image needs --mask (or --outpaint / --box to say what to regenerate)")
+    if args.invert_mask and not args.mask:
+        p.error("--invert-mask needs --mask")
+    if args.image and args.gallery:
+        p.error("--gallery is for the test folders, not --image")
     try:  # the given flags over the defaults; the config's values are checked when it is read
         decoding_settings(args)
     except ValueError as e:
@@ -130,17 +173,27 @@ def mask_tiles(masks, latent_res, img_res):
 
 
 class Inpainter:
-    """Tokens in, decoding, images out, for batches of (normalised images, pixel masks, ids)."""
+    """Tokens in, decoding, images out, for batches of (normalised images, pixel masks, ids).
 
-    def __init__(self, model, settings, mean, std, amp=False, paste_known=False):
+    label: the class id of every image (a conditional model, guided by settings.cfg_scale), or None: the null
+    class of a conditional model, the plain pass of an unconditional one."""
+
+    def __init__(self, model, settings, mean, std, amp=False, paste_known=False, label=None):
         self.model, self.settings, self.mean, self.std, self.paste_known = model, settings, mean, std, paste_known
+        self.label = label
         self.vqgan = model.vqgan
         self.factor = self.vqgan.img_resolution // self.vqgan.latent_resolution
         self.amp = torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16, enabled=amp)
 
-    def logits(self, tokens):
+    def logits(self, tokens, labels=None):
         with self.amp:
-            return self.model.transformer(tokens)
+            return self.model.transformer(tokens, labels)
+
+    def regenerate(self, imgs, masks, keep):
+        """(images, masks) with every pixel outside keep [1, H, W] (1 = keep) a hole too, filled with the grey
+        of the course's masked images' holes (what the model is shown where it regenerates)."""
+        masks = masks * keep.to(masks.device)
+        return fill_holes(imgs, masks, normalised_fill(self.mean, self.std, imgs.device)), masks
 
     def tokens(self, imgs):
         """Normalised images [B, 3, H, W] -> tokens [B, N]."""
@@ -177,11 +230,12 @@ class Inpainter:
         s, K = self.settings, self.model.mask_token_id
         unknown = latent_mask(masks, self.factor).flatten(1)                     # [B, N]
         schedule = self.schedule(unknown.sum(1).cpu(), modes)                    # [T, B]
-        out = decode(self.logits, self.tokens(imgs), unknown, image_seeds(s.seed, ids), K, schedule, s)
+        cond = () if self.label is None else (torch.full((len(ids),), self.label), self.model.transformer.num_classes)
+        out = decode(self.logits, self.tokens(imgs), unknown, image_seeds(s.seed, ids), K, schedule, s, *cond)
         for k in range(1, s.refine + 1):
             composite = self.paste(imgs, masks, self.images(out.tokens))
             tokens = self.tokens(normalize(composite, self.mean, self.std))
-            out = decode(self.logits, tokens, unknown, image_seeds(s.seed + k, ids), K, schedule, s)
+            out = decode(self.logits, tokens, unknown, image_seeds(s.seed + k, ids), K, schedule, s, *cond)
         return out
 
     def final(self, imgs, masks, out):
@@ -239,16 +293,62 @@ def save_schedules(inp, imgs, masks, ids, path):
     return [f"{mode}: {out.masks[:, j * n].sum(1).tolist()}" for j, mode in enumerate(SCHEDULES)]
 
 
-@torch.no_grad()
-def run(args):
+def class_label(model, settings, given, config):
+    """The class id of `--class given` (None: no class), after the checks of --class and --cfg-scale on the
+    model built from `config`."""
+    check_guidance(model.transformer, settings.cfg_scale, config)
+    return None if given is None else class_id(model.transformer, given, config)
+
+
+def region_keep(args, vqgan):
+    """The pixels --outpaint or --box keep, [1, H, W] float (1 = keep), or None without them."""
+    res, factor = vqgan.img_resolution, vqgan.img_resolution // vqgan.latent_resolution
+    if args.outpaint:
+        return outpaint_keep(args.outpaint, res, factor)
+    return None if args.box is None else box_keep(args.box, res, factor)
+
+
+def inpaint_image(args, inp, keep, device):
+    """--image / --mask: one image of the user's own, inpainted into <stem>_result.png and <stem>_steps.png (the
+    input with its holes grey, then the image at every step) in --output-dir."""
+    res = inp.vqgan.img_resolution
+    image, known, note = load_user_pair(args.image, args.mask, res, args.invert_mask)
+    if note:
+        print(note, file=sys.stderr)
+    imgs = normalize(image, inp.mean, inp.std)[None].to(device)
+    imgs, masks = inp.regenerate(imgs, known[None].to(device), torch.ones(1, res, res) if keep is None else keep)
+    if not latent_mask(masks, inp.factor).any():
+        raise ValueError(f"--mask {args.mask} has no hole at {res}x{res} (0 = hole; --invert-mask flips it)")
+    out = inp(imgs, masks, torch.tensor([0]))
+    steps, final = inp.render(imgs, masks, out)
+    stem = os.path.join(args.output_dir, os.path.splitext(os.path.basename(args.image))[0])
+    atomic_save_image(tensor01_to_pil(final[0]), f"{stem}_result.png")
+    save_grid(torch.cat([denormalize(imgs, inp.mean, inp.std), steps[:, 0]]), f"{stem}_steps.png",
+              nrow=steps.shape[0] + 1)
+    print(f"wrote {stem}_result.png and {stem}_steps.png")
+
+
+def setup(args):
+    """What a decoding script starts with: (device, model, config, DecodeSettings), after checking that
+    --output-dir can be written."""
     try:
         device = resolve_device(None if args.device == 'auto' else args.device)
     except RuntimeError as e:
         raise ValueError(str(e)) from None
     check_writable(args.output_dir, '--output-dir', folder=True)
     model, cfg = load_maskgit(args, device)
-    settings = decoding_settings(args, cfg['model_param'])
+    return device, model, cfg, decoding_settings(args, cfg['model_param'])
+
+
+@torch.no_grad()
+def run(args):
+    device, model, cfg, settings = setup(args)
     mean, std = data_stats(cfg, 'test')
+    inp = Inpainter(model, settings, mean, std, amp=args.amp, paste_known=args.paste_known or args.box is not None,
+                    label=class_label(model, settings, args.class_name, args.MaskGitConfig))
+    keep = region_keep(args, model.vqgan)
+    if args.image:
+        return inpaint_image(args, inp, keep, device)
     data = PairedTestDataset(args.test_maskedimage_path, args.test_mask_path, args.partial, mean, std)
     check_inputs(data, model.vqgan.img_resolution)
     if args.gallery and args.gt_path:  # checked before any output is written
@@ -259,11 +359,12 @@ def run(args):
         for i in data.indices[:min(args.gallery, args.batch_size)]:
             load_rgb(gt_file(args.gt_path, i))  # decoded in full now: a broken file is named before any output
     loader = DataLoader(data, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers)
-    inp = Inpainter(model, settings, mean, std, amp=args.amp, paste_known=args.paste_known)
     with ThreadPoolExecutor(max_workers=1) as writer:  # PNGs of one batch are written while the next decodes
         pending = None
         for k, (imgs, masks, ids) in enumerate(tqdm(loader, desc='inpainting', unit='batch')):
             imgs, masks = imgs.to(device), masks.to(device)
+            if keep is not None:
+                imgs, masks = inp.regenerate(imgs, masks, keep)
             out = inp(imgs, masks, ids)
             steps, final = inp.render(imgs, masks, out)
             shown = denormalize(imgs, mean, std)
@@ -283,8 +384,8 @@ def run(args):
     print(f"wrote {len(data)} images to {os.path.join(args.output_dir, 'test_results')}")
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def run_cli(run, args):
+    """run(args), its errors one line on stderr (exit status 2), for this script and generate.py."""
     try:
         run(args)
     except (OSError, ValueError, KeyError) as e:
@@ -292,6 +393,10 @@ def main(argv=None):
         print(f"error: {msg}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv=None):
+    return run_cli(run, parse_args(argv))
 
 
 if __name__ == '__main__':

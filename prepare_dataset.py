@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from dataset import IMAGE_EXTS, MASK_FILL, write_gt_csv
+from dataset import IMAGE_EXTS, MASK_FILL, rgb_over_white, write_gt_csv
 from models.masks import make_mask, mask_rng
 
 OPENCLIPART_DIR = '/usr/share/openclipart/png'
@@ -38,12 +38,7 @@ FASHION_MNIST_LABELS = ['t-shirt/top', 'trouser', 'pullover', 'dress', 'coat',
 
 def to_square_rgb(img, size):
     """Any PIL image -> RGB `size` x `size`: alpha over white, padded (white) to square, antialiased resize."""
-    if img.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'F'):  # 16/32-bit greyscale: scale to 8 bits first
-        a = np.asarray(img, dtype=np.float64)
-        img = Image.fromarray(np.clip(a / max(a.max(), 1) * 255, 0, 255).astype(np.uint8), 'L')
-    img = img.convert('RGBA')  # applies palette/greyscale transparency (tRNS) too
-    white = Image.new('RGBA', img.size, (255, 255, 255, 255))
-    img = Image.alpha_composite(white, img).convert('RGB')
+    img = rgb_over_white(img)
     w, h = img.size
     side = max(w, h)
     canvas = Image.new('RGB', (side, side), (255, 255, 255))

@@ -2,8 +2,12 @@
 
 The dataset is encoded once by the frozen VQGAN into a token cache (models/token_cache.py, with
 horizontal-flip copies); training steps read tokens only. All randomness of a step (data order,
-mask ratios and positions, dropout) is a function of (--seed, epoch, step, rank), so --resume
+mask ratios and positions, class drops, dropout) is a function of (--seed, epoch, step, rank), so --resume
 continues bit-for-bit and N DDP processes train exactly like one process on the same global batch.
+
+A conditional model (Transformer_param num_classes > 0) learns each image's class from the dataset's
+labels.json, replaced by the null class with probability `cond_drop` (train: section), so one model serves
+every class and, with the null class, unconditional inpainting (classifier-free guidance needs both).
 
 Outputs, in the folder of --checkpoint-path:
   <--checkpoint-path>        model.transformer.state_dict() after the latest epoch (the course's format)
@@ -31,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from dataset import ImageDataset, MaskDataset, data_stats
+from dataset import ImageDataset, MaskDataset, class_names, data_stats, image_labels, list_images, read_labels
 from models.maskgit import MaskGit, masked_accuracy, mvtm_loss, transformer_state_dict
 from models.masks import latent_mask, pixel_mask_bank
 from models.token_cache import load_context_tokens, load_tokens, vqgan_meta
@@ -89,6 +93,9 @@ def parse_args(argv=None):
     p.add_argument('--init-from', default=None, metavar='CKPT',
                    help='start from these transformer weights (a state_dict or train_state.pt) with a fresh '
                         'optimizer and schedule, e.g. to fine-tune the shipped model')
+    p.add_argument('--labels', default=None, metavar='JSON',
+                   help="image -> class file of a conditional model (Transformer_param num_classes) (default: "
+                        "labels.json beside --train_d_path, as prepare_dataset.py writes it)")
     p.add_argument('--val-mask-path', default=None,
                    help="fixed hole masks of the val images for val_hole_acc (default: val_mask64 beside "
                         "--val_d_path, when it exists)")
@@ -120,6 +127,8 @@ def train_settings(cfg, args):
     for key in ('epochs', 'batch_size', 'accum_grad'):
         if s[key] < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {s[key]}")
+    if not 0 <= s['cond_drop'] <= 1:
+        raise ValueError(f"train: cond_drop must be in [0, 1], got {s['cond_drop']}")
     return s
 
 
@@ -216,6 +225,16 @@ def draw_masks(g, rows, n_tok, hole_frac, variants):
     return r, scores, torch.rand(rows, generator=g) < hole_frac, torch.randint(max(1, variants), (rows,), generator=g)
 
 
+def class_rows(g, labels, idx, cond_drop, null, world, rank):
+    """Class ids [B] of samples idx (labels: the ids of every training row), each replaced by the null class
+    with probability cond_drop. The uniforms come from the step's generator g, drawn for the global micro-batch
+    (world * B rows, rank taking its own) after the masks' draws, so unconditional runs draw what they did."""
+    if labels is None:
+        return None
+    drop = (torch.rand(len(idx) * world, generator=g) < cond_drop)[rank::world]           # [B]
+    return torch.where(drop, null, labels[idx])
+
+
 def hole_rows(idx, use, variant, ctx):
     """(region [B, N] bool, context [B, N] long) for samples idx [B]: rows that `use` a hole take cached
     variant `variant` (ctx: context tokens [S, V, N], token holes [S, V, N]); the others mask anywhere."""
@@ -227,13 +246,14 @@ def hole_rows(idx, use, variant, ctx):
 
 
 def accumulate_grads(model, raw, tokens, order, step_in_epoch, step, s, seed, world, rank, device,
-                     autocast=nullcontext, scaler=None, ctx=None):
+                     autocast=nullcontext, scaler=None, ctx=None, labels=None):
     """Forward/backward over the micro-batches of one optimizer step; returns their mean loss (this rank).
 
     Mask ratios, positions and holes are drawn for the whole global micro-batch (world * batch rows) and
     each rank takes its rows, and each rank's loss is normalised by the global masked count, so the
     averaged DDP gradient equals one process's gradient on the global batch. ctx: (context tokens, token
     holes) of the masked variants of each sample (load_context_tokens), or None for the paper's masks only.
+    labels: the class id of every training row (a conditional model), or None.
     """
     b, a_n, n_tok = s['batch_size'], s['accum_grad'], raw.num_image_tokens
     total = torch.zeros((), device=device)
@@ -245,6 +265,7 @@ def accumulate_grads(model, raw, tokens, order, step_in_epoch, step, s, seed, wo
         r, scores, use, variant = (v[rank::world] for v in draw_masks(g, b * world, n_tok, s['hole_mask_frac'],
                                                                        0 if ctx is None else ctx[0].shape[1]))
         region, context = hole_rows(idx, use, variant, ctx)
+        y = class_rows(g, labels, idx, s['cond_drop'], raw.transformer.num_classes, world, rank)
         if s['masked_only']:
             count = raw.num_masked(r, None if region is None else region.sum(1)).sum().double()
             if world > 1:
@@ -255,7 +276,7 @@ def accumulate_grads(model, raw, tokens, order, step_in_epoch, step, s, seed, wo
         sync = a == a_n - 1 or not isinstance(model, DDP)
         with nullcontext() if sync else model.no_sync():
             with autocast():
-                logits, target, mask = model(z, r, scores, region, context)
+                logits, target, mask = model(z, r, scores, region, context, None if y is None else y.to(device))
             loss = mvtm_loss(logits, target, mask, raw.num_codebook_vectors, s['label_smoothing'],
                              s['masked_only'], normalizer=norm)
             (scaler.scale(loss / a_n) if scaler is not None else loss / a_n).backward()
@@ -264,12 +285,12 @@ def accumulate_grads(model, raw, tokens, order, step_in_epoch, step, s, seed, wo
 
 
 @torch.no_grad()
-def evaluate(raw, tokens, s, seed, world, rank, device, autocast=nullcontext, holes=None):
+def evaluate(raw, tokens, s, seed, world, rank, device, autocast=nullcontext, holes=None, labels=None):
     """(loss, masked-token accuracy, hole accuracy) on `tokens`, masks fixed by the seed (comparable across
     epochs). The loss and accuracy use the paper's random masks. Hole accuracy is what inpainting's first
     step gets right: one pass's argmax on every token of each image's fixed hole, the rest of the image
     shown as inpainting shows it (holes: (token holes [n, N] bool, context [n, N] long), from the val
-    split's masks and masked images); NaN without them.
+    split's masks and masked images); NaN without them. labels [n]: the images' classes (a conditional model).
     """
     was_training = raw.training
     raw.eval()
@@ -281,14 +302,15 @@ def evaluate(raw, tokens, s, seed, world, rank, device, autocast=nullcontext, ho
     for i in range(0, len(idx), s['batch_size']):
         k = idx[i:i + s['batch_size']]
         z = tokens[k].to(device).long()
+        y = None if labels is None else labels[k].to(device)
         with autocast():
-            logits, target, mask = raw(z, r_all[k], scores_all[k])
+            logits, target, mask = raw(z, r_all[k], scores_all[k], labels=y)
         loss_sum = mvtm_loss(logits, target, mask, raw.num_codebook_vectors, s['label_smoothing'], True, normalizer=1)
         correct, count = masked_accuracy(logits, target, mask, raw.num_codebook_vectors)
         hole = torch.zeros(2, dtype=torch.float64, device=device)
         if holes is not None:
             with autocast():  # r = 0: the whole hole masked, as at the first decoding step
-                logits, target, mask = raw(z, torch.zeros(len(k)), scores_all[k], holes[0][k], holes[1][k])
+                logits, target, mask = raw(z, torch.zeros(len(k)), scores_all[k], holes[0][k], holes[1][k], y)
             hole = torch.stack(masked_accuracy(logits, target, mask, raw.num_codebook_vectors)).double()
         sums += torch.cat([torch.stack([loss_sum.double(), correct.double(), count.double()]), hole])
     if world > 1:
@@ -314,16 +336,46 @@ def make_optimizer(raw, s, device):
 @dataclass
 class Data:
     """The run's tokens: train [S, N] (images and their flips) and val [n, N]; ctx: (context tokens, token
-    holes) [S, V, N] each of the hole-masked training variants, or None; val_holes: see evaluate, or None."""
+    holes) [S, V, N] each of the hole-masked training variants, or None; val_holes: see evaluate, or None;
+    classes: a conditional model's (class names, train ids [S], val ids [n]) (load_classes), or None."""
     train: torch.Tensor
     val: torch.Tensor
     ctx: tuple | None
     val_holes: tuple | None
+    classes: tuple | None = None
+
+    @property
+    def train_labels(self):
+        return None if self.classes is None else self.classes[1]
+
+    @property
+    def val_labels(self):
+        return None if self.classes is None else self.classes[2]
 
 
-def load_data(args, s, vq, proc):
+def load_classes(args, mp):
+    """A conditional model's (class names, train ids [2 * images], val ids [images]), else None. The names are
+    the labels file's classes, sorted (a class's id is its place); each training image's id is repeated for
+    its flip, the token cache's next row. Refused: a class count other than Transformer_param num_classes."""
+    num_classes = mp['Transformer_param'].get('num_classes', 0)
+    if not num_classes:
+        return None
+    path = args.labels or os.path.join(os.path.dirname(os.path.normpath(args.train_d_path)), 'labels.json')
+    labels = read_labels(path)
+    names = class_names(labels)
+    if len(names) != num_classes:
+        raise ValueError(f"labels file {path} has {len(names)} classes but {args.MaskGitConfig} sets "
+                         f"Transformer_param num_classes {num_classes}")
+    root = os.path.dirname(os.path.abspath(path))
+    ids = {split: image_labels(labels, [os.path.abspath(p) for p in list_images(folder, args.partial)], root,
+                               names, path) for split, folder in (('train', args.train_d_path), ('val', args.val_d_path))}
+    return names, ids['train'].repeat_interleave(2), ids['val']                         # flips share the label
+
+
+def load_data(args, s, vq, proc, classes=None):
     """Tokens from the caches (models/token_cache.py), encoded by the frozen VQGAN where missing or stale:
-    rank 0 encodes, the others then read what it wrote. The VQGAN is loaded only if something is encoded."""
+    rank 0 encodes, the others then read what it wrote. The VQGAN is loaded only if something is encoded.
+    classes: load_classes(), kept in the Data."""
     get_vqgan = functools.cache(lambda: load_vqgan(vq.config_path, vq.ckpt_path, proc.device, cfg=vq.cfg))
     vq_meta = vqgan_meta(vq.cfg, vq.ckpt_path)
     cache = dict(vq_meta=vq_meta, cache_dir=s['cache_dir'], get_vqgan=get_vqgan, partial=args.partial, batch_size=64,
@@ -345,7 +397,7 @@ def load_data(args, s, vq, proc):
         ctx = (context, latent_mask(bank, factor).flatten(1)[hole_ids])                        # [S, V, N] each
     val_holes = load_val_holes(args, factor, len(tokens['val']), data_stats(vq.cfg, 'test'), get_vqgan)
     get_vqgan.cache_clear()  # training never needs the VQGAN again
-    return Data(tokens['train'], tokens['val'], ctx, val_holes)
+    return Data(tokens['train'], tokens['val'], ctx, val_holes, classes)
 
 
 def load_val_holes(args, factor, n_val, stats, get_vqgan):
@@ -455,12 +507,18 @@ def check_before_save(run, args, val_loss):
                                f"checkpoints ({args.checkpoint_path}, {state_path(args)}) are untouched")
 
 
-def build(args, mp, s, proc, scaler, steps_per_epoch):
-    """The model and its optimizer, from scratch or from the checkpoint the flags name (resume), then wrapped."""
+def build(args, mp, s, proc, scaler, steps_per_epoch, names=None):
+    """The model and its optimizer, from scratch or from the checkpoint the flags name (resume), then wrapped.
+    names: a conditional model's class names (saved with its weights)."""
     seed_everything(args.seed)  # here: whether the cache was just built must not change the initial weights
     raw = MaskGit(mp).to(proc.device)
+    if names is not None:
+        raw.transformer.class_emb.names = names
     run = Run(raw, make_optimizer(raw, s, proc.device), scaler, steps_per_epoch)
     resume(run, args, proc)
+    if names is not None and raw.transformer.class_emb.names != names:
+        raise ValueError(f"the checkpoint's classes ({', '.join(raw.transformer.class_emb.names or ['none named'])}) "
+                         f"are not the labels file's ({', '.join(names)})")
     run.model = torch.compile(raw) if args.compile else raw
     if proc.world > 1:
         run.model = DDP(run.model, device_ids=[proc.device.index] if proc.device.type == 'cuda' else None)
@@ -487,8 +545,11 @@ def resume(run, args, proc):
         run.epoch, run.step = args.start_from_epoch, args.start_from_epoch * run.steps_per_epoch
         run.rows = read_log(out_dir(args), args.start_from_epoch)
     elif args.init_from:
-        load_state_dict_checked(run.raw.transformer, transformer_state_dict(load_checkpoint(args.init_from)),
-                                args.init_from)
+        sd, added = run.raw.transformer.with_class_embedding(transformer_state_dict(load_checkpoint(args.init_from)))
+        if added:
+            proc.log(f"note: {args.init_from} is unconditional: the class embedding starts at zero, so the model "
+                     f"starts as that one")
+        load_state_dict_checked(run.raw.transformer, sd, args.init_from)
         proc.log(f"starting from the weights of {args.init_from}")
 
 
@@ -499,7 +560,7 @@ def train_step(run, args, s, proc, data, order, i):
         grp['lr'] = lr
     torch.manual_seed(step_seed(args.seed, run.step, _DROPOUT_STREAM, proc.rank))
     loss = accumulate_grads(run.model, run.raw, data.train, order, i, run.step, s, args.seed, proc.world, proc.rank,
-                            proc.device, proc.autocast, run.scaler, data.ctx)
+                            proc.device, proc.autocast, run.scaler, data.ctx, data.train_labels)
     run.scaler.unscale_(run.opt)
     gnorm = torch.nn.utils.clip_grad_norm_(run.raw.parameters(), s['grad_clip'] if s['grad_clip'] > 0 else math.inf)
     if proc.world > 1:
@@ -530,7 +591,7 @@ def train_epoch(run, args, s, proc, data, epoch):
         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
         if args.ckpt_interval > 0 and run.step % args.ckpt_interval == 0 and i + 1 < run.steps_per_epoch:
             check_before_save(run, args, evaluate(run.raw, data.val[:CHECK_SEQUENCES], s, args.seed, proc.world,
-                                                  proc.rank, proc.device, proc.autocast)[0])
+                                                  proc.rank, proc.device, proc.autocast, labels=data.val_labels)[0])
             if proc.rank == 0:
                 save_state(run, args)
     seconds = time.time() - t0
@@ -542,7 +603,7 @@ def end_of_epoch(run, args, s, proc, data, epoch, throughput):
     """Validate and check, then (rank 0) write the course's state_dict, transformer_epoch_N.pt every
     save_per_epoch epochs, train_state.pt and log.csv."""
     val_loss, val_acc, val_hole_acc = evaluate(run.raw, data.val, s, args.seed, proc.world, proc.rank, proc.device,
-                                               proc.autocast, data.val_holes)
+                                               proc.autocast, data.val_holes, data.val_labels)
     check_before_save(run, args, val_loss)
     run.rows.append(dict(epoch=epoch, step=run.step, lr=throughput['lr'],
                          train_loss=run.epoch_loss_sum / run.epoch_steps, val_loss=val_loss, val_acc=val_acc,
@@ -565,14 +626,17 @@ def main(argv=None):
     if args.export:
         return export_checkpoint(args.export, args.out, transformer_state_dict)
     cfg, s, vq = read_configs(args)
+    classes = load_classes(args, cfg['model_param'])  # a conditional model's labels, checked before any output
     world, rank, device = setup_distributed(args.device)
     autocast, scaler = amp_setup(device, args.amp)
     proc = Proc(world, rank, device, autocast)
-    data = load_data(args, s, vq, proc)
-    run = build(args, cfg['model_param'], s, proc, scaler, count_steps(args, s, data, world))
+    data = load_data(args, s, vq, proc, classes)
+    run = build(args, cfg['model_param'], s, proc, scaler, count_steps(args, s, data, world),
+                None if classes is None else classes[0])
     proc.log(f"{len(data.train)} train / {len(data.val)} val sequences, {run.steps_per_epoch} steps per epoch, "
              f"{sum(p.numel() for p in run.raw.transformer.parameters()) / 1e6:.1f}M parameters, "
-             f"{world} process(es), {device}")
+             + (f"{len(classes[0])} classes (cond_drop {s['cond_drop']}), " if classes else "")
+             + f"{world} process(es), {device}")
     run.model.train()
     for epoch in range(run.epoch + 1, s['epochs'] + 1):
         throughput = train_epoch(run, args, s, proc, data, epoch)

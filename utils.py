@@ -172,7 +172,7 @@ def save_checkpoint(obj, path):
 def export_state_dict(state_dict, path, dtype=torch.float16):
     """A plain state_dict with floating tensors in `dtype`, written by save_checkpoint (atomically, with a
     `<path>.sha256` sidecar that load_checkpoint verifies)."""
-    sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+    sd = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in state_dict.items()}
     save_checkpoint(sd, path)
     return sd
 
@@ -183,24 +183,30 @@ def export_checkpoint(src, out, state_dict_of=lambda ck: ck):
     if not out:
         raise ValueError("--export needs --out")
     sd = export_state_dict(state_dict_of(load_checkpoint(src)), out)
-    print(f"wrote {out}: {len(sd)} tensors, {sum(v.numel() for v in sd.values()) / 1e6:.2f}M values, fp16")
+    tensors = [v for v in sd.values() if torch.is_tensor(v)]  # besides e.g. a model's class names
+    print(f"wrote {out}: {len(tensors)} tensors, {sum(v.numel() for v in tensors) / 1e6:.2f}M values, fp16")
 
 
 def load_state_dict_checked(module, state_dict, source):
-    """Strict load whose error names the first missing/unexpected/mismatching key and both shapes."""
+    """Strict load whose error names the first missing/unexpected/mismatching key and both shapes (entries
+    that are not tensors, such as a module's extra state, have their type for a shape)."""
     own = module.state_dict()
+    shape = lambda v: tuple(v.shape) if torch.is_tensor(v) else type(v).__name__
     for k, v in state_dict.items():
         if k not in own:
-            raise ValueError(f"{source}: unexpected key '{k}' (shape {tuple(v.shape)}) not in the model; "
+            raise ValueError(f"{source}: unexpected key '{k}' (shape {shape(v)}) not in the model; "
                              f"does the checkpoint match the config?")
-        if tuple(own[k].shape) != tuple(v.shape):
-            raise ValueError(f"{source}: key '{k}' has shape {tuple(v.shape)} in the checkpoint "
-                             f"but {tuple(own[k].shape)} in the model built from the config")
+        if shape(own[k]) != shape(v):
+            raise ValueError(f"{source}: key '{k}' has shape {shape(v)} in the checkpoint "
+                             f"but {shape(own[k])} in the model built from the config")
     missing = [k for k in own if k not in state_dict]
     if missing:
-        raise ValueError(f"{source}: key '{missing[0]}' (shape {tuple(own[missing[0]].shape)}) is missing "
+        raise ValueError(f"{source}: key '{missing[0]}' (shape {shape(own[missing[0]])}) is missing "
                          f"from the checkpoint ({len(missing)} missing in all)")
-    module.load_state_dict(state_dict, strict=True)
+    try:
+        module.load_state_dict(state_dict, strict=True)
+    except ValueError as e:  # a module's own check of its extra state
+        raise ValueError(f"{source}: {e}") from None
     return module
 
 

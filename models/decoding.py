@@ -1,6 +1,7 @@
 """Batched Gumbel-confidence iterative decoding (MaskGIT inpainting and generation).
 
-Works against any `logits_fn(tokens [B, N] long) -> logits [B, N, K+1]` (K = mask id). The mask
+Works against any `logits_fn(tokens [B, N] long) -> logits [B, N, K+1]` (K = mask id), or, with class
+labels, `logits_fn(tokens, labels [B])`, guided by classifier-free guidance (guided_logits). The mask
 schedules gamma(r), r in [0, 1], live here too, as plain callables by name. Every decoding setting
 (and its one default) is a field of `DecodeSettings`. Randomness comes from a counter-based hash of
 (image seed, step, position, stream), so an image decodes to the same tokens whatever batch it is in.
@@ -62,6 +63,7 @@ _GAMMAS = {
 }
 
 SCHEDULES = tuple(_GAMMAS)  # the names --mask-func and the config's gamma_type accept
+CFG_SCHEDULES = ('constant', 'linear')  # the guidance scale over the steps (DecodeSettings.cfg_weight)
 
 
 def gamma_func(mode):
@@ -124,6 +126,8 @@ class DecodeSettings:
     sweet_spot: int = 0              # stop after this step, argmax the rest (<= 0 or >= total_iter: all steps)
     seed: int = 0                    # run seed; an image's streams are (seed, image id)
     refine: int = 0                  # re-encode-and-decode rounds after the first (inpainting.Inpainter)
+    cfg_scale: float = 0.0           # classifier-free guidance w: (1+w) cond - w uncond; 0 = off (one pass a step)
+    cfg_schedule: str = 'constant'   # w over the steps, one of CFG_SCHEDULES (see cfg_weight)
 
     def __post_init__(self):
         checks = [
@@ -134,6 +138,9 @@ class DecodeSettings:
             ('--sweet-spot', self.sweet_spot, 'an integer', _is_int(self.sweet_spot)),
             ('--seed', self.seed, 'an integer', _is_int(self.seed)),
             ('--refine', self.refine, 'an integer >= 0', _is_int(self.refine) and self.refine >= 0),
+            ('--cfg-scale', self.cfg_scale, 'a number >= 0', _is_rate(self.cfg_scale)),
+            ('--cfg-schedule', self.cfg_schedule, f"one of {', '.join(CFG_SCHEDULES)}",
+             self.cfg_schedule in CFG_SCHEDULES),
         ]
         for flag, value, want, ok in checks:
             if not ok:
@@ -156,6 +163,14 @@ class DecodeSettings:
         (mask_func overrides the settings' schedule, e.g. to compare schedules)."""
         return mask_schedule(n_unknown, self.total_iter, gamma_func(mask_func or self.mask_func))
 
+    def cfg_weight(self, t, total_iter):
+        """Guidance scale w of step t in 0..T-1 of T = total_iter (t >= T-1: the last, or the sweet spot's fill
+        pass): cfg_scale when constant; linear: a ramp from 0 at the first step to cfg_scale at the last,
+        cfg_scale * t / (T - 1)."""
+        if self.cfg_schedule == 'constant' or total_iter == 1:
+            return self.cfg_scale
+        return self.cfg_scale * min(t, total_iter - 1) / (total_iter - 1)
+
 
 # ----------------------------------------------------------------------------- decoding
 
@@ -165,6 +180,19 @@ class Decoded:
     masks: torch.Tensor   # [S+1, B, N] bool, True = still unknown: [0] the start, [s] after step s
     steps: torch.Tensor   # [S+1, B, N] tokens after each step, mask id where unknown ([0] the start)
     preds: torch.Tensor   # [S, B, N] each pass's full guess: known tokens + that step's samples; preds[-1] = tokens
+
+
+def guided_logits(logits_fn, tokens, labels, null_label, w):
+    """Classifier-free guidance, (1 + w) * cond - w * uncond, from ONE batched pass: the rows with their labels
+    and with the null class, concatenated [2B, N]. w = 0 is the conditional pass alone, and labels None the
+    model's own pass (unconditional, or the null class): no second half. Returns logits [B, N, K+1]."""
+    if labels is None:
+        return logits_fn(tokens)
+    if w == 0:
+        return logits_fn(tokens, labels)
+    both = logits_fn(torch.cat([tokens, tokens]), torch.cat([labels, torch.full_like(labels, null_label)]))
+    cond, uncond = both.float().chunk(2)                                            # [B, N, K+1] each
+    return (1 + w) * cond - w * uncond
 
 
 def _sample(logits, u, temperature):
@@ -184,13 +212,15 @@ def _ranks(x):
 
 
 @torch.no_grad()
-def decode(logits_fn, tokens, unknown, seeds, mask_id, schedule, settings):
+def decode(logits_fn, tokens, unknown, seeds, mask_id, schedule, settings, labels=None, null_label=None):
     """Fill the unknown tokens of each row by iterative decoding.
 
     tokens [B, N] long (values where unknown are ignored), unknown [B, N] bool (True = to fill),
     seeds [B] int64 per image, schedule [T, B]: tokens still masked after each step (settings.schedule,
-    or rows of several schedules side by side). Step t (r = (t+1)/T): one pass of logits_fn; the mask
-    class is dropped; each unknown token is sampled from softmax(logits / settings.temperature); its
+    or rows of several schedules side by side). labels [B]: class ids for a conditional logits_fn(tokens,
+    labels), guided at step t with w = settings.cfg_weight(t, T) against null_label (guided_logits); None:
+    logits_fn(tokens). Step t (r = (t+1)/T): one pass of logits_fn (one batch of two halves when guided);
+    the mask class is dropped; each unknown token is sampled from softmax(logits / settings.temperature); its
     confidence is log p(sampled) under the model's softmax(logits) plus choice_temperature * (1 - r) *
     Gumbel noise; the schedule[t] least confident unknown tokens stay masked, the rest take their samples.
     sweet_spot s in 1..T-1 stops after step s and fills what is left with one more pass's argmax;
@@ -208,9 +238,12 @@ def decode(logits_fn, tokens, unknown, seeds, mask_id, schedule, settings):
     s = settings.sweet_spot
     n_steps = T if s <= 0 or s >= T else s
     ct = settings.choice_temperature
+    labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long, device=dev)
+    if labels is not None and null_label is None and settings.cfg_scale > 0:
+        raise ValueError("decode: guidance (cfg_scale > 0) needs the null class id (null_label)")
 
-    def logits_of(cur):
-        logits = logits_fn(cur)                                                     # [B, N, K+1]
+    def logits_of(cur, t):
+        logits = guided_logits(logits_fn, cur, labels, null_label, settings.cfg_weight(t, T))  # [B, N, K+1]
         if logits.shape != (B, N, K + 1):
             raise ValueError(f"logits_fn returned shape {tuple(logits.shape)}; expected {(B, N, K + 1)}")
         return logits[..., :K].float()                                              # [B, N, K]
@@ -225,7 +258,7 @@ def decode(logits_fn, tokens, unknown, seeds, mask_id, schedule, settings):
             steps.append(cur)
             preds.append(cur)
             continue
-        logits = logits_of(cur)[masked]                                             # [M, K]
+        logits = logits_of(cur, t)[masked]                                          # [M, K]
         sampled = _sample(logits, uniforms(seeds, t, _SAMPLE, N)[masked], settings.temperature)
         logp = torch.log_softmax(logits, -1).gather(1, sampled[:, None]).squeeze(1)  # [M]
         gumbel = -torch.log(-torch.log(uniforms(seeds, t, _GUMBEL, N)[masked]))
@@ -238,7 +271,7 @@ def decode(logits_fn, tokens, unknown, seeds, mask_id, schedule, settings):
         steps.append(cur)
         preds.append(pred)
     if n_steps < T:  # sweet spot: the most likely token for everything still masked
-        pred = torch.where(masked, logits_of(cur).argmax(-1), cur) if masked.any() else cur
+        pred = torch.where(masked, logits_of(cur, n_steps).argmax(-1), cur) if masked.any() else cur
         masked = torch.zeros_like(masked)
         cur = pred
         masks.append(masked)
@@ -247,8 +280,9 @@ def decode(logits_fn, tokens, unknown, seeds, mask_id, schedule, settings):
     return Decoded(cur, torch.stack(masks), torch.stack(steps), torch.stack(preds))
 
 
-def generate(logits_fn, batch_size, num_tokens, seeds, mask_id, settings, device='cpu'):
+def generate(logits_fn, batch_size, num_tokens, seeds, mask_id, settings, device='cpu', labels=None, null_label=None):
     """Images from nothing: every token unknown, the same decoding path with the settings' schedule."""
     tokens = torch.full((batch_size, num_tokens), mask_id, dtype=torch.long, device=device)
     schedule = settings.schedule(torch.full((batch_size,), num_tokens))
-    return decode(logits_fn, tokens, torch.ones_like(tokens, dtype=torch.bool), seeds, mask_id, schedule, settings)
+    return decode(logits_fn, tokens, torch.ones_like(tokens, dtype=torch.bool), seeds, mask_id, schedule, settings,
+                  labels, null_label)

@@ -90,17 +90,18 @@ class MaskGit(nn.Module):
         mask = rank < self.num_masked(r, count)[:, None]  # [B, N]
         return torch.where(mask, torch.full_like(z, self.mask_token_id), z), mask
 
-    def forward(self, x, r=None, scores=None, region=None, context=None):
+    def forward(self, x, r=None, scores=None, region=None, context=None, labels=None):
         """x: images [B, 3, H, W] (encoded by the frozen VQGAN) or tokens [B, N] long (cached).
 
         region [B, N] bool: a hole to mask in (mask_tokens); context [B, N] long: the tokens shown outside
-        it (those of the masked image, what inpainting sees), default the image's own.
+        it (those of the masked image, what inpainting sees), default the image's own. labels [B]: class ids
+        of a conditional transformer (None: the null class).
         Returns (logits [B, N, K+1], target tokens [B, N], mask [B, N] bool, True = masked).
         """
         z = x if x.dtype == torch.long else self.encode_to_z(x)[1]
         shown = z if context is None else torch.where(region, z, context.to(z.device))
         masked, mask = self.mask_tokens(shown, r, scores, region)
-        return self.transformer(masked), z, mask
+        return self.transformer(masked, labels), z, mask
 
 
 def check_vqgan_matches(vqgan, model_param, source='MaskGit config'):

@@ -95,3 +95,47 @@ def fill_holes(x, keep, fill):
 def normalised_fill(mean, std, device='cpu'):
     """The course's hole colour MASK_FILL in normalised space, [3]."""
     return ((torch.tensor(MASK_FILL, dtype=torch.float) / 255 - torch.tensor(mean)) / torch.tensor(std)).to(device)
+
+
+# ----------------------------------------------------------------------------- regions to regenerate
+
+OUTPAINT_REGIONS = ('center', 'left', 'right', 'top', 'bottom', 'top-left', 'top-right', 'bottom-left', 'bottom-right')
+
+
+def outpaint_keep(region, size, factor):
+    """Pixel mask [1, size, size] float, 1 = keep, of --outpaint REGION on the h x h token grid (h = size / factor,
+    k = h // 2): `center` keeps the central k x k tokens (from row and column (h - k) // 2), `left` / `right` the
+    k columns at that side, `top` / `bottom` the k rows, a corner (`top-left`, ...) the k x k tokens there. For an
+    even h that is exactly 1/4 of the tokens for the centre and a corner, 1/2 for a side; the rest is regenerated."""
+    if region not in OUTPAINT_REGIONS:
+        raise ValueError(f"--outpaint {region}: unknown region; use one of {', '.join(OUTPAINT_REGIONS)}")
+    h = size // factor
+    k = h // 2
+    rows = cols = slice((h - k) // 2, (h - k) // 2 + k) if region == 'center' else slice(0, h)
+    rows = slice(0, k) if 'top' in region else slice(h - k, h) if 'bottom' in region else rows
+    cols = slice(0, k) if 'left' in region else slice(h - k, h) if 'right' in region else cols
+    keep = torch.zeros(h, h)
+    keep[rows, cols] = 1
+    return keep.repeat_interleave(factor, 0).repeat_interleave(factor, 1)[None]     # [1, size, size]
+
+
+def snap_box(box, size, factor):
+    """--box x0,y0,x1,y1 in pixels (x1, y1 exclusive, like a slice) -> the box snapped outward to token
+    boundaries (multiples of factor). One-line errors: an empty box, or one not inside the size x size image."""
+    x0, y0, x1, y1 = box
+    given = ','.join(map(str, box))
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"--box {given} is empty: it needs x0 < x1 and y0 < y1 (pixels, x1 and y1 exclusive)")
+    if min(x0, y0) < 0 or max(x1, y1) > size:
+        raise ValueError(f"--box {given} is outside the {size}x{size} image: it needs 0 <= x0 < x1 <= {size} "
+                         f"and 0 <= y0 < y1 <= {size}")
+    down, up = lambda v: v // factor * factor, lambda v: -(-v // factor) * factor
+    return down(x0), down(y0), up(x1), up(y1)
+
+
+def box_keep(box, size, factor):
+    """Pixel mask [1, size, size] float, 1 = keep, 0 inside --box (snapped outward to tokens: snap_box)."""
+    x0, y0, x1, y1 = snap_box(box, size, factor)
+    keep = torch.ones(1, size, size)
+    keep[:, y0:y1, x0:x1] = 0
+    return keep

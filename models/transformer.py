@@ -3,6 +3,7 @@
 Non-attention keys and shapes equal the course's (`../shared/lab/transformer_state_dict_keys.txt`
 with configs/MaskGit.yml), so a student's transformer checkpoint loads with strict=True as long as
 its attention keys are ours. Attention is written by hand (never torch.nn.MultiheadAttention).
+Class conditioning is optional (Transformer_param num_classes > 0); without it nothing changes.
 """
 import math
 
@@ -56,11 +57,45 @@ class TransformerBlock(nn.Module):
         return self.LayerNorm2(x + self.MLP(x))
 
 
+class ClassEmbedding(nn.Module):
+    """C + 1 class vectors [C+1, dim], the last one the null class ("no class"), zero-initialised.
+
+    The class names (sorted, from the training set's labels.json) travel in the state dict as this
+    module's extra state (key `class_emb._extra_state`), so a checkpoint maps names <-> ids by itself.
+    """
+
+    def __init__(self, num_classes, dim):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(num_classes + 1, dim))  # no RNG drawn: other weights unchanged
+        self.names = None  # class names, id order; None until training sets them (ids only)
+
+    def forward(self, labels):
+        return self.weight[labels]  # [B] -> [B, dim]
+
+    def get_extra_state(self):
+        return {'class_names': self.names}
+
+    def set_extra_state(self, state):
+        names = state.get('class_names')
+        if names is not None and len(names) != len(self.weight) - 1:
+            raise ValueError(f"the checkpoint names {len(names)} classes but the model has num_classes "
+                             f"{len(self.weight) - 1}")
+        self.names = names
+
+
 class BidirectionalTransformer(nn.Module):
     """tokens [B, N] long in 0..K (K = num_codebook_vectors is the mask id) -> logits [B, N, K+1].
 
     Transformer_param: num_image_tokens, num_codebook_vectors, dim, n_layers, hidden_dim, and
-    optionally num_heads (16) and dropout (0.1), both absent from the course's config.
+    optionally num_heads (16), dropout (0.1), both absent from the course's config, and num_classes
+    (0: unconditional).
+
+    Class conditioning (num_classes C > 0): `class_emb`, a table of C + 1 vectors apart from the token
+    embedding (id C = the null class), and each image's class vector is added to the embedding of every
+    position, before the embedding LayerNorm. Added rather than a prefix token: the sequence, positions
+    and attention stay those of the unconditional model, an unconditional model has neither the table
+    nor any other new key (its state dict, initial weights and logits are unchanged), and a zero table
+    (its initial value) leaves the logits exactly those of the unconditional model it starts from.
     """
 
     def __init__(self, Transformer_param):
@@ -79,6 +114,10 @@ class BidirectionalTransformer(nn.Module):
         self.LN = nn.LayerNorm(dim, eps=1e-12)
         self.drop = nn.Dropout(dropout)
         self.apply(self._init_weights)
+        self.num_classes = p.get('num_classes', 0)
+        if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or self.num_classes < 0:
+            raise ValueError(f"Transformer_param.num_classes must be an integer >= 0, got {self.num_classes!r}")
+        self.class_emb = ClassEmbedding(self.num_classes, dim) if self.num_classes else None  # after the init
 
     @staticmethod
     def _init_weights(m):
@@ -103,8 +142,50 @@ class BidirectionalTransformer(nn.Module):
         for blk in self.blocks:
             blk.MultiHeadAttention.explicit = explicit
 
-    def forward(self, tokens):
-        n = tokens.shape[1]
-        x = self.drop(self.LN(self.tok_emb(tokens) + self.pos_emb[:n]))  # [B, N, C]
+    def with_class_embedding(self, state_dict):
+        """An unconditional transformer's state dict completed with this model's class embedding (zero at
+        init: this model then computes exactly that model's logits, whatever the class), for --init-from.
+        Returns (state dict, whether class_emb keys were added)."""
+        if self.class_emb is None or any(k.startswith('class_emb.') for k in state_dict):
+            return state_dict, False
+        own = {k: v for k, v in self.state_dict().items() if k.startswith('class_emb.')}
+        return {**state_dict, **own}, True
+
+    def forward(self, tokens, labels=None):
+        """tokens [B, N]; labels [B] class ids in 0..num_classes (num_classes itself = the null class), None =
+        the null class on a conditional model (and the only choice on an unconditional one) -> [B, N, K+1]."""
+        b, n = tokens.shape
+        x = self.tok_emb(tokens) + self.pos_emb[:n]                        # [B, N, C]
+        if self.class_emb is not None:
+            if labels is None:
+                labels = torch.full((b,), self.num_classes, device=tokens.device)
+            x = x + self.class_emb(labels)[:, None]                        # [B, 1, C]: each image's, every position
+        elif labels is not None:
+            raise ValueError("class labels given to an unconditional transformer (no Transformer_param num_classes)")
+        x = self.drop(self.LN(x))                                          # [B, N, C]
         x = self.Token_Prediction(self.blocks(x))                          # [B, N, C]
         return x @ self.tok_emb.weight.t() + self.bias[:n]                 # tied head: [B, N, K+1]
+
+
+def class_id(transformer, given, config):
+    """The class id of `--class NAME|ID` on this transformer: a name of its checkpoint's classes, else an id in
+    0..num_classes-1. One-line ValueErrors naming --class (config: what the model was built from)."""
+    if transformer.class_emb is None:
+        raise ValueError(f"--class {given}: the model of {config} is unconditional (no Transformer_param num_classes); "
+                         f"a class needs a conditional one")
+    names, c = transformer.class_emb.names, transformer.num_classes
+    if names and given in names:
+        return names.index(given)
+    if given.isdigit():
+        if int(given) >= c:
+            raise ValueError(f"--class {given}: class ids run from 0 to {c - 1}")
+        return int(given)
+    valid = f"one of {', '.join(names)}" if names else f"an id 0..{c - 1} (the checkpoint has no class names)"
+    raise ValueError(f"--class {given}: unknown class; use {valid}")
+
+
+def check_guidance(transformer, cfg_scale, config):
+    """One-line ValueError for guidance (--cfg-scale > 0) asked of an unconditional model (built from config)."""
+    if cfg_scale > 0 and transformer.class_emb is None:
+        raise ValueError(f"--cfg-scale {cfg_scale}: the model of {config} is unconditional (no Transformer_param "
+                         f"num_classes); guidance needs a conditional one")

@@ -9,7 +9,7 @@ from PIL import Image
 
 from models.maskgit import MaskGit
 from models.vqgan import VQGAN
-from utils import atomic_save, load_config
+from utils import atomic_save, load_checkpoint, load_config
 
 ROOT = Path(__file__).resolve().parents[1]                         # the repo
 SHARED_LAB = Path(__file__).resolve().parents[2] / 'shared' / 'lab'  # the course interface, when checked out beside us
@@ -37,6 +37,26 @@ def run_args(lab, out, *extra):
     return ['--MaskGitConfig', str(lab / 'mg.yml'), '--train_d_path', str(lab / 'train'), '--val_d_path',
             str(lab / 'val'), '--checkpoint-path', str(out / 'last_ckpt.pt'), '--device', 'cpu', '--num_workers', '0',
             *extra]
+
+
+def interrupt_then_resume(lab, out, monkeypatch, *flags, crash_at=5):
+    """training_transformer.py on a lab, into `out`, saving after every step (--ckpt-interval 1) and interrupted
+    in optimizer step `crash_at`, then --resume'd to the end. Returns (the step train_state.pt held when
+    interrupted, the resumed run's progress)."""
+    import training_transformer as tt
+    real, calls = tt.accumulate_grads, []
+
+    def crash(*a, **kw):
+        calls.append(1)
+        if len(calls) == crash_at:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+    monkeypatch.setattr(tt, 'accumulate_grads', crash)
+    with pytest.raises(KeyboardInterrupt):
+        tt.main(run_args(lab, out, *flags, '--ckpt-interval', '1'))
+    monkeypatch.setattr(tt, 'accumulate_grads', real)
+    saved = load_checkpoint(out / 'train_state.pt')['step']
+    return saved, tt.main(run_args(lab, out, *flags, '--resume'))
 
 
 @pytest.fixture(scope='module')
@@ -89,25 +109,34 @@ INPAINT_VQ = dict(image_channels=3, enc_channels=[8, 8, 8], dec_channels=[8, 8],
                   dec_res_blocks=1)
 
 
-def inpaint_maskgit_param(root, dim=16):
-    """model_param of a one-layer MaskGit on root's vq.yml / vq.pt."""
+def inpaint_maskgit_param(root, dim=16, **transformer):
+    """model_param of a one-layer MaskGit on root's vq.yml / vq.pt; `transformer` adds Transformer_param keys."""
     return dict(VQ_Configs=dict(VQ_config_path=str(root / 'vq.yml'), VQ_CKPT_path=str(root / 'vq.pt')),
                 num_image_tokens=LAT * LAT, num_codebook_vectors=CODES, choice_temperature=4.5, gamma_type='cosine',
                 Transformer_param=dict(num_image_tokens=LAT * LAT, num_codebook_vectors=CODES, dim=dim, n_layers=1,
-                                       hidden_dim=2 * dim, num_heads=2))
+                                       hidden_dim=2 * dim, num_heads=2, **transformer))
+
+
+CLASS_NAMES = ['cat', 'dog', 'fish']  # the classes of a conditional lab
 
 
 @pytest.fixture(scope='session')
 def make_inpainting_lab(tmp_path_factory):
-    """make_inpainting_lab(ids, hole_mask) -> a new folder: random-init tiny VQGAN (vq.yml, vq.pt) and transformer
-    (mg.yml, tr.pt; seed 0), and per id a random image with its hole grey in img/ and the 0/255 mask in mask/."""
-    def make(ids, hole_mask):
+    """make_inpainting_lab(ids, hole_mask, conditional=False) -> a new folder: random-init tiny VQGAN (vq.yml, vq.pt)
+    and transformer (mg.yml, tr.pt; seed 0), and per id a random image with its hole grey in img/ and the 0/255
+    mask in mask/. conditional: the transformer has CLASS_NAMES, with random class vectors (classes matter)."""
+    def make(ids, hole_mask, conditional=False):
         tmp = tmp_path_factory.mktemp('lab')
         torch.manual_seed(0)
         (tmp / 'vq.yml').write_text(yaml.safe_dump(dict(model_param=INPAINT_VQ)))
         atomic_save(VQGAN(INPAINT_VQ).state_dict(), str(tmp / 'vq.pt'))
-        (tmp / 'mg.yml').write_text(yaml.safe_dump(dict(model_param=inpaint_maskgit_param(tmp))))
-        atomic_save(MaskGit(inpaint_maskgit_param(tmp)).transformer.state_dict(), str(tmp / 'tr.pt'))
+        mp = inpaint_maskgit_param(tmp, **(dict(num_classes=len(CLASS_NAMES)) if conditional else {}))
+        (tmp / 'mg.yml').write_text(yaml.safe_dump(dict(model_param=mp)))
+        transformer = MaskGit(mp).transformer
+        if conditional:
+            transformer.class_emb.weight.data.normal_(0, 1.0)
+            transformer.class_emb.names = CLASS_NAMES
+        atomic_save(transformer.state_dict(), str(tmp / 'tr.pt'))
         rng = np.random.default_rng(0)
         for d in ('img', 'mask'):
             (tmp / d).mkdir()

@@ -106,7 +106,7 @@ def test_context_outside_the_hole_is_what_the_model_reads():
     region = torch.zeros(2, N, dtype=torch.bool)
     region[:, :6] = True
     seen = []
-    m.transformer.forward = lambda t: seen.append(t) or torch.zeros(*t.shape, K + 1)
+    m.transformer.forward = lambda t, labels=None: seen.append(t) or torch.zeros(*t.shape, K + 1)
     _, target, mask = m(z, torch.tensor([0.5, 0.0]), torch.rand(2, N), region, other)
     shown = seen[0]
     assert torch.equal(target, z)                                         # targets: the clean tokens

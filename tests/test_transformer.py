@@ -16,7 +16,7 @@ from PIL import Image
 
 import training_transformer as tt
 from benchmarks.flops import peak_tflops
-from conftest import COURSE_TRAIN, ROOT, TINY_VQ, K, N, run_args, tiny_mp
+from conftest import COURSE_TRAIN, ROOT, TINY_VQ, K, N, interrupt_then_resume, run_args, tiny_mp
 from dataset import ImageDataset, data_stats
 from models.maskgit import MaskGit, gamma_func, mvtm_loss
 from models.token_cache import cache_path, load_tokens, vqgan_meta
@@ -306,19 +306,8 @@ def test_resume_equals_uninterrupted(lab, tmp_path, monkeypatch):
     assert (tmp_path / 'a' / 'log.csv').read_text().count('\n') == 3
     assert Image.open(tmp_path / 'a' / 'loss_curve.png').size == (640, 400)
 
-    real, calls = tt.accumulate_grads, []
-
-    def crash_at_step_5(*a, **kw):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-    monkeypatch.setattr(tt, 'accumulate_grads', crash_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
-        tt.main(run_args(lab, tmp_path / 'b', '--accum-grad', '2', '--ckpt-interval', '1'))
-    monkeypatch.setattr(tt, 'accumulate_grads', real)
-    assert load_checkpoint(tmp_path / 'b' / 'train_state.pt')['step'] == 4  # saved mid-epoch 2
-    resumed = tt.main(run_args(lab, tmp_path / 'b', '--accum-grad', '2', '--resume'))
+    saved, resumed = interrupt_then_resume(lab, tmp_path / 'b', monkeypatch, '--accum-grad', '2')
+    assert saved == 4  # mid-epoch 2
     a = load_checkpoint(tmp_path / 'a' / 'last_ckpt.pt')
     b = load_checkpoint(tmp_path / 'b' / 'last_ckpt.pt')
     assert all(torch.equal(a[k], b[k]) for k in a)
