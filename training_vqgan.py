@@ -59,6 +59,11 @@ def parse_args(argv=None):
     p.add_argument('--max-minutes', type=float, default=None, help='stop (validate, save) after this long')
     p.add_argument('--run-dir', default=None)
     p.add_argument('--resume', default=None, help='a last.pt/best.pt to continue from')
+    p.add_argument('--init-from', default=None, metavar='CKPT',
+                   help='start from these VQGAN weights (an export or a last.pt/best.pt): fresh optimisers, step 0')
+    p.add_argument('--decoder-only', action='store_true',
+                   help='train post_quant_conv and the decoder alone: every image keeps its codes, so a transformer '
+                        'trained on them stays valid')
     p.add_argument('--device', default=None, help='cuda, cpu, cuda:1 ... (default: cuda if available)')
     p.add_argument('--num-workers', type=int, default=0)
     p.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (CPU)')
@@ -161,13 +166,19 @@ def amp_setup(device):
     return (lambda: torch.autocast('cuda', dtype=dtype, enabled=dtype is not None)), scaler
 
 
-def train_step(model, disc, x, t, gan_on, amp, scaler, accum=1):
+def train_step(model, disc, x, t, gan_on, amp, scaler, accum=1, decoder_only=False):
     """Forward and backward of one micro-batch: the VQGAN's loss, then D's hinge loss when the GAN is on.
 
     Returns the VQGAN's (loss, reconstruction, q_loss), detached. Gradients accumulate until optimiser_step.
+    With decoder_only the encoder and codebook run frozen (no dead-code restarts) and q_loss is 0.
     """
     with amp():
-        x_hat, _, q_loss = model(x)
+        if decoder_only:
+            with torch.no_grad():
+                z_q = model.codebook.eval()(model.quant_conv(model.encoder(x)))[0]
+            x_hat, q_loss = model.decode(z_q), x.new_zeros(())
+        else:
+            x_hat, _, q_loss = model(x)
         rec = t['l1_weight'] * (x_hat - x).abs().mean() + t['l2_weight'] * (x_hat - x).pow(2).mean()
         loss = rec + q_loss
         if gan_on:
@@ -209,12 +220,13 @@ class Run:
     epoch: int = 0                  # finished epochs
     step: int = 0                   # optimiser steps taken
     best_psnr: float = -math.inf
+    decoder_only: bool = False      # only post_quant_conv and the decoder train (--decoder-only)
 
     def checkpoint(self, cfg, metrics):
         return dict(model=self.model.state_dict(), disc=self.disc.state_dict(), opt=self.opt.state_dict(),
                     opt_disc=self.opt_d.state_dict(), scaler=self.scaler.state_dict(), epoch=self.epoch,
                     step=self.step, best_psnr=self.best_psnr, rng=rng_state(self.loader_gen), config=cfg,
-                    metrics=metrics)
+                    metrics=metrics, decoder_only=self.decoder_only)
 
 
 @dataclass
@@ -226,14 +238,23 @@ class Data:
     std: tuple
 
 
-def build(cfg, t, seed, device):
-    """VQGAN, PatchGAN discriminator and their Adam optimisers, freshly initialised."""
-    model = VQGAN(cfg['model_param']).to(device)
+def build(cfg, t, seed, device, init_from=None, decoder_only=False):
+    """VQGAN (the weights of init_from, else fresh), a fresh PatchGAN discriminator and their Adam optimisers;
+    with decoder_only the optimiser holds post_quant_conv and the decoder alone."""
+    model = VQGAN(cfg['model_param'])
+    if init_from:
+        load_state_dict_checked(model, model_state_dict(load_checkpoint(init_from)), init_from)
+        print(f"starting from the weights of {init_from}")
+    model.to(device)
+    if decoder_only:
+        model.requires_grad_(False)
+        for m in (model.post_quant_conv, model.decoder):
+            m.requires_grad_(True)
     disc = Discriminator(load_config(t['disc_config'])['model_param']).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=t['learning_rate'], betas=tuple(t['betas']), eps=1e-8)
+    opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=t['learning_rate'], betas=tuple(t['betas']), eps=1e-8)
     opt_d = torch.optim.Adam(disc.parameters(), lr=t['learning_rate'], betas=tuple(t['betas']), eps=1e-8)
     amp, scaler = amp_setup(device)
-    return Run(model, disc, opt, opt_d, amp, scaler, torch.Generator().manual_seed(seed))
+    return Run(model, disc, opt, opt_d, amp, scaler, torch.Generator().manual_seed(seed), decoder_only=decoder_only)
 
 
 def load_data(cfg, t, args, loader_gen, device):
@@ -254,6 +275,9 @@ def resume(run, path):
     ck = load_checkpoint(path)
     if not isinstance(ck, dict) or 'opt' not in ck:
         raise ValueError(f"{path} is not a training checkpoint of training_vqgan.py (no optimiser state)")
+    if ck.get('decoder_only', False) != run.decoder_only:
+        raise ValueError(f"{path} was trained {'with' if ck.get('decoder_only') else 'without'} --decoder-only: "
+                         f"resume it the same way")
     load_state_dict_checked(run.model, ck['model'], path)
     load_state_dict_checked(run.disc, ck['disc'], path)
     run.opt.load_state_dict(ck['opt'])
@@ -275,7 +299,8 @@ def train_epoch(run, data, t, args, device, start):
         x = x.to(device, non_blocking=True)
         gan_on = run.step >= t['disc_start']
         try:
-            loss, rec, q_loss = train_step(run.model, run.disc, x, t, gan_on, run.amp, run.scaler, t['accum_grad'])
+            loss, rec, q_loss = train_step(run.model, run.disc, x, t, gan_on, run.amp, run.scaler, t['accum_grad'],
+                                           args.decoder_only)
         except NonFiniteLoss as e:
             raise NonFiniteLoss(f"{e} at step {run.step} of epoch {run.epoch + 1}") from None
         if (i + 1) % t['accum_grad'] == 0:
@@ -331,7 +356,9 @@ def train(args):
     seed_everything(args.seed)
     device = resolve_device(args.device)
     os.makedirs(t['run_dir'], exist_ok=True)
-    run = build(cfg, t, args.seed, device)
+    if args.resume and args.init_from:
+        raise ValueError("--resume continues a run and --init-from starts one: give one of them")
+    run = build(cfg, t, args.seed, device, args.init_from, args.decoder_only)
     data = load_data(cfg, t, args, run.loader_gen, device)
     if args.resume:
         resume(run, args.resume)

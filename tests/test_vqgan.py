@@ -284,3 +284,25 @@ def test_weights_wrecked_by_the_last_update_are_never_saved(setup, monkeypatch):
         training_vqgan.train(training_vqgan.parse_args(run_args(setup, 'wreck', '--epochs', '2', '--max-steps', '5',
                                                                 '--resume', str(d / 'wreck' / 'last.pt'))))
     assert {f: sha256_file(d / 'wreck' / f) for f in good} == good
+
+
+def test_decoder_only_fine_tune_keeps_every_code(setup, straight_run):
+    """--init-from + --decoder-only: the decoder learns (GAN on from step 6), while the encoder, quant_conv and
+    codebook stay bit-identical, so every image keeps its tokens and a transformer trained on them stays valid."""
+    d, cfg = setup
+    start = straight_run[0] / 'last.pt'
+    out = training_vqgan.train(training_vqgan.parse_args(
+        run_args(setup, 'dec', '--epochs', '2', '--init-from', str(start), '--decoder-only')))
+    assert out['step'] == 8  # from step 0: weights only
+    a, b = load_checkpoint(start)['model'], load_checkpoint(d / 'dec' / 'last.pt')['model']
+    frozen = [k for k in a if not k.startswith(('decoder.', 'post_quant_conv.'))]
+    assert frozen and all(torch.equal(a[k], b[k]) for k in frozen)
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith('decoder.'))
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.equal(load_vqgan(cfg, start).encode_indices(x), load_vqgan(cfg, d / 'dec' / 'last.pt').encode_indices(x))
+    with pytest.raises(ValueError, match='--decoder-only: resume it the same way'):
+        training_vqgan.train(training_vqgan.parse_args(
+            run_args(setup, 'dec', '--epochs', '3', '--resume', str(d / 'dec' / 'last.pt'))))
+    with pytest.raises(ValueError, match='give one of them'):
+        training_vqgan.train(training_vqgan.parse_args(
+            run_args(setup, 'dec2', '--init-from', str(start), '--resume', str(start))))
