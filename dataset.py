@@ -231,7 +231,7 @@ def _index_of(path):
     return int(m.group(1)) if m else None
 
 
-def _by_number(paths, what, root):
+def files_by_number(paths, what, root):
     """{number: path}; two files with the same number (image_001.png and image_1.png, or .png and .jpg)
     are a one-line error naming both."""
     out = {}
@@ -260,8 +260,8 @@ class PairedTestDataset(Dataset):
             raise ValueError(f"--partial must be in (0, 1], got {partial}")
         image_paths = list_images(image_root, 1.0, what='masked image')
         mask_paths = list_images(mask_root, 1.0, what='mask')
-        images = _by_number(image_paths, 'masked image', image_root)
-        masks = _by_number(mask_paths, 'mask', mask_root)
+        images = files_by_number(image_paths, 'masked image', image_root)
+        masks = files_by_number(mask_paths, 'mask', mask_root)
         for p in image_paths:
             k = _index_of(p)
             if k is None or k not in masks:

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from dataset import data_stats, tensor01_to_pil
-from inpainting import Inpainter, add_decoding_args, class_label, decoding_settings, run_cli, setup
+from inpainting import Inpainter, add_decoding_args, add_model_args, class_label, decoding_settings, run_cli, setup
 from models.decoding import generate, image_seeds
 from plots import save_grid
 from utils import atomic_save_image
@@ -35,13 +35,7 @@ def parse_args(argv=None):
                    help="a class of a conditional checkpoint (repeatable); none: unconditional (the null class)")
     p.add_argument('--n', type=int, default=8, help="images per class")
     p.add_argument('--output-dir', default='results/generate', help="where the images and grids go")
-    p.add_argument('--batch-size', type=int, default=64, help="images decoded together")
-    p.add_argument('--device', default='auto', help="cpu, cuda, cuda:N, or auto (cuda when available)")
-    p.add_argument('--MaskGitConfig', default='configs/MaskGit_small.yml', help="MaskGit config")
-    p.add_argument('--load-transformer-ckpt-path', default=None,
-                   help="transformer checkpoint (default: the config's checkpoint: path)")
-    p.add_argument('--vqgan-ckpt', default=None, help="VQGAN checkpoint (default: VQ_CKPT_path of the config)")
-    p.add_argument('--amp', action='store_true', help="bfloat16 autocast for the networks")
+    add_model_args(p)
     add_decoding_args(p)
     args = p.parse_args(argv)
     if args.n < 1 or args.batch_size < 1:
@@ -51,6 +45,13 @@ def parse_args(argv=None):
     except ValueError as e:
         p.error(str(e))
     return args
+
+
+def image_ids(labels, index):
+    """Image ids int64 of images number `index` of class ids `labels` (None: unconditional), the (class, i) pairs
+    their randomness comes from (image_seeds), so image i of a class is the same whatever else is generated."""
+    index = torch.as_tensor(index, dtype=torch.int64)
+    return index + (0 if labels is None else (torch.as_tensor(labels, dtype=torch.int64) + 1) << 32)
 
 
 def class_folder(model, label):
@@ -72,7 +73,7 @@ def run(args):
     n_tok, null = model.num_image_tokens, model.transformer.num_classes
     for label in labels:
         name = class_folder(model, label)
-        ids = torch.arange(args.n) + ((label + 1 if label is not None else 0) << 32)  # (class, i): its own seeds
+        ids = image_ids(label, torch.arange(args.n))
         images, strip = [], []
         for i in tqdm(range(0, args.n, args.batch_size), desc=f"generating {name}", unit='batch'):
             b = ids[i:i + args.batch_size]

@@ -7,9 +7,10 @@ The course's flags keep their meaning. Writes, under --output-dir:
   schedules.png                   each row a mask schedule on the first images of the first batch:
                                   the mask of the first image at every step, then the results
   gallery.png                     with --gallery N: input | each step | result | OpenCV Telea | ground truth
-Beyond the course: --class (a conditional checkpoint; classifier-free guidance with --cfg-scale), --outpaint
-REGION and --box x0,y0,x1,y1 (what to regenerate, besides the masks' holes), and --image PATH --mask PATH for one
-image of one's own, which writes <stem>_result.png and <stem>_steps.png (input | each step) instead.
+Beyond the course: --class, or --labels for each image's own class (a conditional checkpoint; classifier-free
+guidance with --cfg-scale), --outpaint REGION and --box x0,y0,x1,y1 (what to regenerate, besides the masks'
+holes), and --image PATH --mask PATH for one image of one's own, which writes <stem>_result.png and
+<stem>_steps.png (input | each step) instead.
 Before anything is written, every image and mask is decoded in full and checked (pairs by number without
 ambiguity, sizes, binary masks: a 0/1 mask or a non-mask is refused, a lossy one thresholded at 128 with a
 note, one almost all hole warned about) and --output-dir is checked for writing; errors are one line.
@@ -25,19 +26,20 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dataset import (PairedTestDataset, data_stats, denormalize, load_rgb, load_user_pair, normalize, pil_to_tensor01,
-                     tensor01_to_pil)
+from dataset import (PairedTestDataset, data_stats, denormalize, files_by_number, load_rgb, load_user_pair, normalize,
+                     pil_to_tensor01, read_labels, tensor01_to_pil)
 from models.baselines import have_opencv, opencv_fill
 from models.decoding import CFG_SCHEDULES, SCHEDULES, DecodeSettings, decode, image_seeds
 from models.maskgit import MaskGit, transformer_state_dict
 from models.masks import OUTPAINT_REGIONS, box_keep, fill_holes, latent_mask, normalised_fill, outpaint_keep
-from models.transformer import check_guidance, class_id
+from models.transformer import check_guidance, class_id, require_classes
 from models.vqgan import load_vqgan
 from plots import save_grid
 from utils import (atomic_save_image, check_writable, load_checkpoint, load_config, load_state_dict_checked,
                    resolve_device)
 
 SUMMARY_IMAGES = 4  # images per row of schedules.png
+LABEL_SPLITS = ('test', 'val')  # prepare_dataset.py's splits with masked images (labels.json keys test/..., val/...)
 
 
 def add_decoding_args(parser):
@@ -70,6 +72,20 @@ def add_decoding_args(parser):
     return parser
 
 
+def add_model_args(parser, what='transformer checkpoint'):
+    """The flags that pick the model and where it runs, shared by inpainting.py, generate.py and the benchmarks."""
+    parser.add_argument('--device', default='auto', help="cpu, cuda, cuda:N, or auto (cuda when available)")
+    parser.add_argument('--batch-size', type=int, default=64, help="images decoded together")
+    parser.add_argument('--MaskGitConfig', default='configs/MaskGit_small.yml',
+                        help="MaskGit config (course: configs/MaskGit.yml)")
+    parser.add_argument('--load-transformer-ckpt-path', default=None,
+                        help=f"{what}: a state_dict (the course's format) or a train_state.pt (default: the "
+                             "config's checkpoint: path, the shipped one for MaskGit_small.yml)")
+    parser.add_argument('--vqgan-ckpt', default=None, help="VQGAN checkpoint (default: VQ_CKPT_path of the config)")
+    parser.add_argument('--amp', action='store_true', help="bfloat16 autocast for the networks")
+    return parser
+
+
 def parse_box(text):
     """argparse type of --box: 'x0,y0,x1,y1' -> four ints."""
     try:
@@ -88,27 +104,30 @@ def decoding_settings(args, model_param=None):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="MaskGIT inpainting (batched Gumbel-confidence decoding)")
-    p.add_argument('--device', default='auto', help="cpu, cuda, cuda:N, or auto (cuda when available)")
-    p.add_argument('--batch-size', type=int, default=64, help="images decoded together")
+    add_model_args(p)
     p.add_argument('--partial', type=float, default=1.0, help="keep the first int(n * partial) test images")
     p.add_argument('--num_workers', type=int, default=0, help="DataLoader workers")
-    p.add_argument('--MaskGitConfig', default='configs/MaskGit_small.yml', help="MaskGit config (course: configs/MaskGit.yml)")
-    p.add_argument('--load-transformer-ckpt-path', default=None,
-                   help="transformer state_dict (the course's format) or a train_state.pt "
-                        "(default: the config's checkpoint: path, the shipped one for MaskGit_small.yml)")
     p.add_argument('--test-maskedimage-path', default='data/openclipart/masked_image')
     p.add_argument('--test-mask-path', default='data/openclipart/mask64')
     p.add_argument('--output-dir', default='.', help="where test_results/, mask_scheduling/, imga/ go")
     add_decoding_args(p)
-    p.add_argument('--vqgan-ckpt', default=None, help="VQGAN checkpoint (default: VQ_CKPT_path of the config)")
-    p.add_argument('--amp', action='store_true', help="bfloat16 autocast for the networks")
     p.add_argument('--paste-known', action='store_true', help="composite the input's known pixels over the result")
     p.add_argument('--gallery', type=int, default=0, metavar='N',
                    help="write gallery.png: the first N images as rows of input | steps | result | OpenCV Telea's "
                         "fill (when opencv-python-headless is installed) | ground truth (with --gt-path)")
     p.add_argument('--gt-path', default=None, help="ground-truth folder (image_{i:03d}.png) for the gallery's last column")
-    p.add_argument('--class', dest='class_name', default=None, metavar='NAME|ID',
-                   help="condition every image on this class (a conditional checkpoint; default: the null class)")
+    given = p.add_mutually_exclusive_group()
+    given.add_argument('--class', dest='class_name', default=None, metavar='NAME|ID',
+                       help="condition every image on this class (a conditional checkpoint; default: the null class)")
+    given.add_argument('--labels', default=None, metavar='JSON',
+                       help="condition each image on its own class (a conditional checkpoint), read from a labels.json "
+                            "as prepare_dataset.py writes it (file -> class name; null: the null class): the masked "
+                            "image numbered i takes the class of the --labels-split key numbered i, e.g. "
+                            "test/image_003.png for masked_image/image_003.png")
+    p.add_argument('--labels-split', default=None, choices=LABEL_SPLITS,
+                   help="the split whose files the masked images mirror, i.e. the keys of --labels read (default: "
+                        "val when --test-maskedimage-path's folder is named val_* like prepare_dataset.py's "
+                        "val_masked_image, else test)")
     region = p.add_mutually_exclusive_group()
     region.add_argument('--outpaint', default=None, choices=OUTPAINT_REGIONS,
                         help="keep this region's tokens and regenerate the rest (besides the masks' holes): center "
@@ -133,6 +152,13 @@ def parse_args(argv=None):
         p.error("--invert-mask needs --mask")
     if args.image and args.gallery:
         p.error("--gallery is for the test folders, not --image")
+    if args.image and args.labels:
+        p.error("--labels is for the test folders, not --image (use --class)")
+    if args.labels_split and not args.labels:
+        p.error("--labels-split needs --labels")
+    if args.labels and not args.labels_split:  # test/ unless the folder is prepare_dataset.py's val_masked_image
+        folder = os.path.basename(os.path.normpath(args.test_maskedimage_path))
+        args.labels_split = 'val' if folder.startswith('val_') else 'test'
     try:  # the given flags over the defaults; the config's values are checked when it is read
         decoding_settings(args)
     except ValueError as e:
@@ -175,8 +201,9 @@ def mask_tiles(masks, latent_res, img_res):
 class Inpainter:
     """Tokens in, decoding, images out, for batches of (normalised images, pixel masks, ids).
 
-    label: the class id of every image (a conditional model, guided by settings.cfg_scale), or None: the null
-    class of a conditional model, the plain pass of an unconditional one."""
+    label: the class id of every image (a conditional model, guided by settings.cfg_scale), a callable from a
+    batch's ids [B] to their class ids [B] long (each image its own class: image_labels), or None: the null class
+    of a conditional model, the plain pass of an unconditional one."""
 
     def __init__(self, model, settings, mean, std, amp=False, paste_known=False, label=None):
         self.model, self.settings, self.mean, self.std, self.paste_known = model, settings, mean, std, paste_known
@@ -184,6 +211,12 @@ class Inpainter:
         self.vqgan = model.vqgan
         self.factor = self.vqgan.img_resolution // self.vqgan.latent_resolution
         self.amp = torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16, enabled=amp)
+
+    def labels(self, ids):
+        """Class ids [B] of the images numbered ids [B], or None (no class)."""
+        if self.label is None:
+            return None
+        return self.label(ids) if callable(self.label) else torch.full((len(ids),), self.label)
 
     def logits(self, tokens, labels=None):
         with self.amp:
@@ -230,7 +263,8 @@ class Inpainter:
         s, K = self.settings, self.model.mask_token_id
         unknown = latent_mask(masks, self.factor).flatten(1)                     # [B, N]
         schedule = self.schedule(unknown.sum(1).cpu(), modes)                    # [T, B]
-        cond = () if self.label is None else (torch.full((len(ids),), self.label), self.model.transformer.num_classes)
+        labels = self.labels(ids)
+        cond = () if labels is None else (labels, self.model.transformer.num_classes)
         out = decode(self.logits, self.tokens(imgs), unknown, image_seeds(s.seed, ids), K, schedule, s, *cond)
         for k in range(1, s.refine + 1):
             composite = self.paste(imgs, masks, self.images(out.tokens))
@@ -300,6 +334,27 @@ def class_label(model, settings, given, config):
     return None if given is None else class_id(model.transformer, given, config)
 
 
+def image_labels(model, path, split, data, config):
+    """--labels: ids [B] -> class ids [B] of the images of `data` (a PairedTestDataset), from a labels.json as
+    prepare_dataset.py writes it: the image numbered i takes the class of the key '<split>/<file>' numbered i (by
+    number, not name: masked_image/image_003.png -> test/image_003.png); null is the null class. One-line errors
+    (an unconditional model, an image without a key, an unknown class) name the file and the key."""
+    tr = model.transformer
+    require_classes(tr, f"--labels {path}", config)
+    labels = read_labels(path)
+    keys = files_by_number([k for k in labels if k.rpartition('/')[0] == split], 'labels',
+                           f"{path} (its {split}/ keys)")
+    table = torch.full((max(data.indices) + 1,), -1, dtype=torch.long)   # by image number; every one used is set
+    for i, image in zip(data.indices, data.images):
+        if i not in keys:
+            raise ValueError(f"--labels {path} has no key {split}/{os.path.basename(image)} (nor another {split}/ "
+                             f"file numbered {i}) for {image}")
+        given = labels[keys[i]]
+        what = f"--labels {path}: {keys[i]} is {given!r}"
+        table[i] = tr.num_classes if given is None else class_id(tr, given, config, what)
+    return lambda ids: table[torch.as_tensor(ids)]
+
+
 def region_keep(args, vqgan):
     """The pixels --outpaint or --box keep, [1, H, W] float (1 = keep), or None without them."""
     res, factor = vqgan.img_resolution, vqgan.img_resolution // vqgan.latent_resolution
@@ -344,13 +399,17 @@ def setup(args):
 def run(args):
     device, model, cfg, settings = setup(args)
     mean, std = data_stats(cfg, 'test')
-    inp = Inpainter(model, settings, mean, std, amp=args.amp, paste_known=args.paste_known or args.box is not None,
-                    label=class_label(model, settings, args.class_name, args.MaskGitConfig))
+    label = class_label(model, settings, args.class_name, args.MaskGitConfig)
     keep = region_keep(args, model.vqgan)
+    if not args.image:
+        data = PairedTestDataset(args.test_maskedimage_path, args.test_mask_path, args.partial, mean, std)
+        check_inputs(data, model.vqgan.img_resolution)
+        if args.labels:  # each image's own class: needs the images' numbers
+            label = image_labels(model, args.labels, args.labels_split, data, args.MaskGitConfig)
+    inp = Inpainter(model, settings, mean, std, amp=args.amp, paste_known=args.paste_known or args.box is not None,
+                    label=label)
     if args.image:
         return inpaint_image(args, inp, keep, device)
-    data = PairedTestDataset(args.test_maskedimage_path, args.test_mask_path, args.partial, mean, std)
-    check_inputs(data, model.vqgan.img_resolution)
     if args.gallery and args.gt_path:  # checked before any output is written
         missing = [gt_file(args.gt_path, i) for i in data.indices[:min(args.gallery, args.batch_size)]
                    if not os.path.isfile(gt_file(args.gt_path, i))]

@@ -12,6 +12,8 @@ same masks: OpenCV Telea and Navier-Stokes (radius 3), the mean known colour, an
 the known pixels pasted: the ceiling of any transformer on this tokenizer). Hole L1 (0..255 levels) and
 PSNR (dB, 0..1 range) are over the hole pixels only, averaged per image. Writes OUT/results.json,
 OUT/table.md and OUT/compare.png (rows: masked input | each run | ground truth); images in OUT/<run>/.
+With --labels (a conditional checkpoint), every decoding run of the call gives each image its true class from
+the dataset's labels.json ("inpainting FID with the true class"); baselines are unaffected.
 """
 import argparse
 import json
@@ -97,6 +99,10 @@ def main(argv=None):
     p.add_argument('--batch-size', type=int, default=64)
     p.add_argument('--device', default='auto')
     p.add_argument('--seed', type=int, default=None, help="run seed of runs without their own --seed")
+    p.add_argument('--labels', default=None, metavar='JSON',
+                   help="condition every decoding run on each image's true class: a labels.json as prepare_dataset.py "
+                        "writes it (e.g. DATA/labels.json), its keys of --split matched by image number (a "
+                        "conditional checkpoint; --cfg-scale in a run guides towards it); baselines are unaffected")
     a = p.parse_args(argv)
     baselines = list(BASELINES) if a.baselines == ['all'] else a.baselines
     bad = [b for b in baselines if b not in BASELINES]
@@ -117,6 +123,12 @@ def main(argv=None):
     missing = [f for f in gt_files if not os.path.isfile(f)]
     if missing:
         raise SystemExit(f"no ground truth {missing[0]} for {data.images[0]} (rebuild with prepare_dataset.py)")
+    try:  # a run's --cfg-scale and --labels refused in one line on an unconditional model, before any output
+        for s in settings.values():
+            inpainting.class_label(model, s, None, a.MaskGitConfig)
+        label = a.labels and inpainting.image_labels(model, a.labels, SPLITS[a.split][2], data, a.MaskGitConfig)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {e}")
     gt_all = torch.stack([pil_to_tensor01(load_rgb(f)) for f in gt_files])              # [N, 3, H, W]
     stats = os.path.join(out_dir, f'gt_stats_{a.split}_{len(data)}.npz')
     gt_src = os.path.join(a.data, f'{a.split}_gt.csv') if a.partial == 1 else os.path.join(out_dir, 'gt')
@@ -135,7 +147,7 @@ def main(argv=None):
     for name, run_settings in tqdm(todo, desc=f'runs on {a.split}'):
         folder = os.path.join(out_dir, name)
         t0 = time.time()
-        inp = inpainting.Inpainter(model, run_settings, mean, std, paste_known=True) if run_settings else None
+        inp = run_settings and inpainting.Inpainter(model, run_settings, mean, std, paste_known=True, label=label)
         l1s, psnrs, pos = [], [], 0
         for imgs, masks, ids in loader:
             imgs, masks = imgs.to(device), masks.to(device)
@@ -158,7 +170,7 @@ def main(argv=None):
         fid = compute_fid(folder, stats if os.path.isfile(stats) else gt_src, device=device,
                           save_stats_path=None if os.path.isfile(stats) else stats)
         results[name] = dict(fid=fid, hole_l1=torch.cat(l1s).mean().item(), hole_psnr=torch.cat(psnrs).mean().item(),
-                             flags=runs[name][0] if run_settings else None,
+                             flags=runs[name][0] if run_settings else None, labels=a.labels if run_settings else None,
                              split=a.split, images=len(data), seconds=round(seconds, 1))
         tqdm.write(f"{name}: FID {fid:.2f}, hole L1 {results[name]['hole_l1']:.2f}, "
                    f"hole PSNR {results[name]['hole_psnr']:.2f} dB ({seconds:.0f} s)")
@@ -177,6 +189,7 @@ def report(results, out_dir):
             '|---|---|---|---|---|---|---|']
     for n, r in sorted(results.items(), key=lambda kv: kv[1]['fid']):
         flags = '(baseline)' if r['flags'] is None else r['flags'] or '(defaults)'
+        flags += ' (true classes)' if r.get('labels') else ''   # results of older calls have no labels key
         rows.append(f"| {n} | {flags} | {r['fid']:.2f} | {r['hole_l1']:.2f} | "
                     f"{r['hole_psnr']:.2f} | {r['images']} | {r['split']} |")
     with atomic_open(os.path.join(out_dir, 'table.md')) as f:

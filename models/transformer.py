@@ -167,25 +167,31 @@ class BidirectionalTransformer(nn.Module):
         return x @ self.tok_emb.weight.t() + self.bias[:n]                 # tied head: [B, N, K+1]
 
 
-def class_id(transformer, given, config):
-    """The class id of `--class NAME|ID` on this transformer: a name of its checkpoint's classes, else an id in
-    0..num_classes-1. One-line ValueErrors naming --class (config: what the model was built from)."""
+def require_classes(transformer, what, config, use='a class'):
+    """One-line ValueError naming `what` (a flag and its value) when the model built from config is unconditional."""
     if transformer.class_emb is None:
-        raise ValueError(f"--class {given}: the model of {config} is unconditional (no Transformer_param num_classes); "
-                         f"a class needs a conditional one")
+        raise ValueError(f"{what}: the model of {config} is unconditional (no Transformer_param num_classes); "
+                         f"{use} needs a conditional one")
+
+
+def class_id(transformer, given, config, what=None):
+    """The class id of `--class NAME|ID` on this transformer: a name of its checkpoint's classes, else an id in
+    0..num_classes-1. One-line ValueErrors that start with `what` (default '--class GIVEN'; config: what the
+    model was built from)."""
+    what = what or f"--class {given}"
+    require_classes(transformer, what, config)
     names, c = transformer.class_emb.names, transformer.num_classes
     if names and given in names:
         return names.index(given)
     if given.isdigit():
         if int(given) >= c:
-            raise ValueError(f"--class {given}: class ids run from 0 to {c - 1}")
+            raise ValueError(f"{what}: class ids run from 0 to {c - 1}")
         return int(given)
     valid = f"one of {', '.join(names)}" if names else f"an id 0..{c - 1} (the checkpoint has no class names)"
-    raise ValueError(f"--class {given}: unknown class; use {valid}")
+    raise ValueError(f"{what}: unknown class; use {valid}")
 
 
 def check_guidance(transformer, cfg_scale, config):
     """One-line ValueError for guidance (--cfg-scale > 0) asked of an unconditional model (built from config)."""
-    if cfg_scale > 0 and transformer.class_emb is None:
-        raise ValueError(f"--cfg-scale {cfg_scale}: the model of {config} is unconditional (no Transformer_param "
-                         f"num_classes); guidance needs a conditional one")
+    if cfg_scale > 0:
+        require_classes(transformer, f"--cfg-scale {cfg_scale}", config, 'guidance')

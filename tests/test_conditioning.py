@@ -485,3 +485,65 @@ def test_generate_unconditional_and_its_errors(lab, plain_lab, tmp_path, capsys)
     out = tmp_path / 'o'
     assert 'use one of cat, dog, fish' in one_line_error(capsys, gen(lab, out, '--class', 'cat', '--class', 'x'), out)
     assert 'unconditional' in one_line_error(capsys, gen(plain_lab, out, '--class', '0'), out)
+
+
+# ----------------------------------------------------------------------------- --labels: each image its true class
+
+TRUE = {3: 'dog', 10: 'fish'}   # the classes of the lab's images
+
+
+def labels_file(path, classes=TRUE, **extra):
+    """A labels.json as prepare_dataset.py writes it: test/ keys of the lab's images, train/ and val/ keys with
+    the same numbers and another class (never read for the test/ split), and `extra` keys."""
+    labels = {f'test/image_{i:03d}.png': c for i, c in classes.items()}
+    labels.update({'train/image_00003.png': 'cat', 'val/image_00010.png': 'cat', **extra})
+    path.write_text(json.dumps(labels))
+    return str(path)
+
+
+def test_per_image_labels_decode_each_image_as_alone_under_its_own_class(lab, tmp_path):
+    inp, imgs, masks, ids = inpainter(lab, '--cfg-scale', '2')
+    data = PairedTestDataset(lab / 'img', lab / 'mask', 1.0, inp.mean, inp.std)
+    label = inpainting.image_labels(inp.model, labels_file(tmp_path / 'l.json'), 'test', data, 'mg.yml')
+    assert label(ids).tolist() == [CLASS_NAMES.index(TRUE[i]) for i in IDS]
+    both = inpainting.Inpainter(inp.model, inp.settings, inp.mean, inp.std, label=label)(imgs, masks, ids)
+    for b, i in enumerate(IDS):   # image b alone, under --class of its own class
+        alone, *_ = inpainter(lab, '--cfg-scale', '2', '--class', TRUE[i])
+        assert torch.equal(both.tokens[b], alone(imgs[b:b + 1], masks[b:b + 1], ids[b:b + 1]).tokens[0]), i
+    assert not torch.equal(both.tokens[0], alone(imgs[:1], masks[:1], ids[:1]).tokens[0])   # 3 as a fish, not a dog
+
+
+def test_labels_flag_writes_the_pngs_of_class_runs_and_reads_the_val_keys(lab, tmp_path):
+    labels = labels_file(tmp_path / 'l.json')
+    assert cli(lab, tmp_path / 'true', '--labels', labels, '--cfg-scale', '1') == 0
+    for i, name in TRUE.items():
+        assert cli(lab, tmp_path / name, '--class', name, '--cfg-scale', '1') == 0
+        f = f'test_results/image_{i:03d}.png'
+        assert np.array_equal(png(tmp_path / 'true' / f), png(tmp_path / name / f)), i
+    val = lambda *flags: inpainting.parse_args(['--labels', labels, *flags]).labels_split
+    assert val() == 'test' and val('--test-maskedimage-path', 'data/x/val_masked_image/') == 'val'
+    assert val('--test-maskedimage-path', 'data/x/val_masked_image', '--labels-split', 'test') == 'test'
+    data = PairedTestDataset(lab / 'img', lab / 'mask')
+    model, _ = inpainting.load_maskgit(inpainting.parse_args(['--MaskGitConfig', str(lab / 'mg.yml'),
+                                       '--load-transformer-ckpt-path', str(lab / 'tr.pt')]), torch.device('cpu'))
+    label = inpainting.image_labels(model, labels_file(tmp_path / 'v.json', {}, **{'val/image_00003.png': None}),
+                                    'val', data, 'mg.yml')
+    assert label(torch.tensor(IDS)).tolist() == [len(CLASS_NAMES), 0]   # val/ keys by number; null: the null class
+
+
+def test_bad_inpainting_labels_are_one_line_errors_before_any_output(lab, plain_lab, tmp_path, capsys):
+    out = tmp_path / 'o'
+    missing = labels_file(tmp_path / 'm.json', {3: 'dog'})
+    err = one_line_error(capsys, cli(lab, out, '--labels', missing), out)
+    assert f'--labels {missing} has no key test/image_010.png' in err
+    unknown = labels_file(tmp_path / 'u.json', {3: 'dog', 10: 'bird'})
+    err = one_line_error(capsys, cli(lab, out, '--labels', unknown), out)
+    assert f"--labels {unknown}: test/image_010.png is 'bird': unknown class; use one of cat, dog, fish" in err
+    good = labels_file(tmp_path / 'g.json')
+    err = one_line_error(capsys, cli(plain_lab, out, '--labels', good), out)
+    assert err.startswith(f'error: --labels {good}: the model of ') and 'unconditional' in err
+    for flags, error in [(['--labels', good, '--class', 'dog'], 'not allowed with argument'),
+                         (['--labels-split', 'val'], '--labels-split needs --labels')]:
+        with pytest.raises(SystemExit) as e:
+            cli(lab, out, *flags)
+        assert e.value.code == 2 and error in capsys.readouterr().err and not out.exists()
