@@ -2,10 +2,22 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-DATA   ?= data/openclipart
+# SOURCE: prepare_dataset.py's --source (openclipart or fashion-mnist); CONFIG: the shipped pair for it
+SOURCE ?= openclipart
+DATA   ?= data/$(SOURCE)
 RESULTS ?= results/demo
+CONFIG ?= configs/MaskGit_small.yml
 
-.PHONY: setup test data demo clean
+# what each source needs: its Debian package, the folder that package installs, prepare_dataset.py's flags
+PKG_openclipart := openclipart-png
+DIR_openclipart := /usr/share/openclipart/png
+ARGS_openclipart :=
+PKG_fashion-mnist := dataset-fashion-mnist
+DIR_fashion-mnist := /usr/share/datasets/fashion-mnist
+# 600 val images (RESULTS.md); the test split is the official test set's either way
+ARGS_fashion-mnist := --val-frac 0.01
+
+.PHONY: setup test data demo demo-fashion clean
 
 setup: $(VENV)/.installed
 
@@ -22,28 +34,31 @@ test: setup
 data: setup $(DATA)/test_gt.csv
 
 $(DATA)/test_gt.csv:
-	@if [ ! -d /usr/share/openclipart/png ]; then \
+	@if [ ! -d $(DIR_$(SOURCE)) ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "==> data: installing the Debian package openclipart-png"; \
-	    apt-get update -qq && apt-get install -y -qq openclipart-png; \
+	    echo "==> data: installing the Debian package $(PKG_$(SOURCE))"; \
+	    apt-get update -qq && apt-get install -y -qq $(PKG_$(SOURCE)); \
 	  else \
-	    echo "openclipart-png is missing; run: sudo apt-get update && sudo apt-get install -y openclipart-png"; exit 1; \
+	    echo "$(PKG_$(SOURCE)) is missing; run: sudo apt-get update && sudo apt-get install -y $(PKG_$(SOURCE))"; exit 1; \
 	  fi; \
 	fi
-	@echo "==> data: building $(DATA) from /usr/share/openclipart/png (course layout, 64x64)"
-	$(PY) prepare_dataset.py --source openclipart --out $(DATA) --overwrite
+	@echo "==> data: building $(DATA) from $(DIR_$(SOURCE)) (course layout, 64x64)"
+	$(PY) prepare_dataset.py --source $(SOURCE) --out $(DATA) --overwrite $(ARGS_$(SOURCE))
 
 demo: data
-	@echo "==> demo: inpainting the $(DATA) test split with the shipped checkpoints (configs/MaskGit_small.yml)"
-	$(PY) inpainting.py --MaskGitConfig configs/MaskGit_small.yml \
+	@echo "==> demo: inpainting the $(DATA) test split with the shipped checkpoints ($(CONFIG))"
+	$(PY) inpainting.py --MaskGitConfig $(CONFIG) \
 	  --test-maskedimage-path $(DATA)/masked_image --test-mask-path $(DATA)/mask64 \
 	  --total-iter 8 --mask-func cosine --paste-known --gallery 8 --gt-path $(DATA)/test --output-dir $(RESULTS)
 	@echo "==> demo: FID of the inpainted images against $(DATA)/test_gt.csv"
 	$(PY) faster-pytorch-fid/fid_score_gpu.py --predicted-path $(RESULTS)/test_results \
 	  --gtcsv-path $(DATA)/test_gt.csv --json-out $(RESULTS)/results.json
 	@echo "==> demo: done. Inpainted images: $(RESULTS)/test_results/"
-	@echo "    gallery (input | steps | result | ground truth): $(RESULTS)/gallery.png"
+	@echo "    gallery (input | steps | result | OpenCV Telea | ground truth): $(RESULTS)/gallery.png"
 	@echo "    schedules compared: $(RESULTS)/schedules.png;  FID: $(RESULTS)/results.json"
+
+demo-fashion:  # the same job on Fashion-MNIST with its own shipped pair
+	$(MAKE) demo SOURCE=fashion-mnist CONFIG=configs/MaskGit_fashion.yml RESULTS=results/demo-fashion
 
 clean:
 	rm -rf $(VENV) .pytest_cache
