@@ -86,6 +86,27 @@ def test_small_config_shapes_and_token_round_trip():
         assert torch.allclose(m64.decode_indices(idx64.view(2, -1)), m64.decode(z64), rtol=0, atol=1e-9)
 
 
+def test_channels_last_inference_model_computes_what_the_plain_one_does(tmp_path):
+    """load_vqgan's channels-last layout changes only the memory order: in float64 the outputs agree to
+    rounding (~1e-15 relative, amplified by the network: far below 1e-9), while a layout bug (a view that
+    reads channels as pixels) moves them by O(1). Tokens are equal."""
+    cfg = tmp_path / 'small.yml'
+    cfg.write_text(yaml.safe_dump({'model_param': load_config(ROOT / 'configs' / 'VQGAN_small.yml')['model_param']}))
+    torch.manual_seed(0)
+    plain = VQGAN(load_config(cfg)['model_param']).eval()
+    torch.save(plain.state_dict(), tmp_path / 'vq.pt')
+    fast = load_vqgan(cfg, tmp_path / 'vq.pt')
+    conv = fast.decoder.model[-1].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        tokens = plain.encode_indices(x)
+        assert torch.equal(fast.encode_indices(x), tokens)
+        plain, fast = plain.double(), fast.double()
+        assert torch.allclose(fast.decode_indices(tokens), plain.decode_indices(tokens), rtol=0, atol=1e-9)
+        assert torch.allclose(fast(x.double())[0], plain(x.double())[0], rtol=0, atol=1e-9)
+
+
 def test_bad_group_count_is_a_clear_error():
     with pytest.raises(ValueError, match='not divisible by gn_groups=32'):
         VQGAN({**TINY, 'gn_groups': 32})
