@@ -251,7 +251,8 @@ def build(cfg, t, seed, device, init_from=None, decoder_only=False):
         for m in (model.post_quant_conv, model.decoder):
             m.requires_grad_(True)
     disc = Discriminator(load_config(t['disc_config'])['model_param']).to(device)
-    opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=t['learning_rate'], betas=tuple(t['betas']), eps=1e-8)
+    opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=t['learning_rate'],
+                           betas=tuple(t['betas']), eps=1e-8)
     opt_d = torch.optim.Adam(disc.parameters(), lr=t['learning_rate'], betas=tuple(t['betas']), eps=1e-8)
     amp, scaler = amp_setup(device)
     return Run(model, disc, opt, opt_d, amp, scaler, torch.Generator().manual_seed(seed), decoder_only=decoder_only)
@@ -300,7 +301,7 @@ def train_epoch(run, data, t, args, device, start):
         gan_on = run.step >= t['disc_start']
         try:
             loss, rec, q_loss = train_step(run.model, run.disc, x, t, gan_on, run.amp, run.scaler, t['accum_grad'],
-                                           args.decoder_only)
+                                           run.decoder_only)
         except NonFiniteLoss as e:
             raise NonFiniteLoss(f"{e} at step {run.step} of epoch {run.epoch + 1}") from None
         if (i + 1) % t['accum_grad'] == 0:
@@ -355,9 +356,9 @@ def train(args):
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     device = resolve_device(args.device)
-    os.makedirs(t['run_dir'], exist_ok=True)
-    if args.resume and args.init_from:
+    if args.resume and args.init_from:  # refused before the run folder is made
         raise ValueError("--resume continues a run and --init-from starts one: give one of them")
+    os.makedirs(t['run_dir'], exist_ok=True)
     run = build(cfg, t, args.seed, device, args.init_from, args.decoder_only)
     data = load_data(cfg, t, args, run.loader_gen, device)
     if args.resume:

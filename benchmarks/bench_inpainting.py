@@ -9,9 +9,9 @@ GPU: max_memory_allocated over the memory allocated before). Model FLOPs utilisa
 passes over all N tokens per image, against the datasheet peak on an H100/H200, else a matmul in the
 same dtype measured in the same run (or --peak-tflops). Then the CLI itself: `inpainting.run` on a
 temporary folder of --cli-images masked images (random weights saved as checkpoints, the same batch size and
-decoding flags), against its decoding core alone (`decode` with the model's logits on the same batches:
-the Inpainter's call: encoding, the T transformer passes and the config's --refine rounds, what
-eval_inpainting.py times), printed as the ratio CLI / core. The CLI's fixed costs (loading, checking
+decoding flags), against its decoding core alone on the same batches (the Inpainter's call: encoding, the T
+transformer passes and the config's --refine rounds, what eval_inpainting.py times), printed as the ratio
+CLI / core. The CLI's fixed costs (loading, checking
 the inputs, schedules.png's extra decodes on the first batch) weigh less the more images: a smoke run
 of 8 images overstates the ratio of a full test split. The decoding flags are inpainting.py's, with its
 defaults and the config's (refine: 2 for MaskGit_small.yml); --refine applies to the CLI part only (the
@@ -108,8 +108,6 @@ def rss_bytes():
 def setup(args, mode):
     """(decoder closure, number of images, device, forward FLOPs per image) for `mode`: the model and
     inputs both decoders share."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     mp = load_config(args.config)['model_param']
     settings = inpainting.decoding_settings(args, mp)
@@ -237,6 +235,8 @@ def main():
         p.error(str(e))
     if 0 < settings.sweet_spot < settings.total_iter:
         p.error("--sweet-spot is not benchmarked (the reference decoder has none)")
+    if args.threads:  # every part, the memory workers (this main, run again) and the CLI part included
+        torch.set_num_threads(args.threads)
     if args.cli_only:
         return print_cli_vs_core(args)
     if args.mode:
