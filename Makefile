@@ -49,7 +49,7 @@ demo: data
 	@echo "==> demo: inpainting the $(DATA) test split with the shipped checkpoints ($(CONFIG))"
 	$(PY) inpainting.py --MaskGitConfig $(CONFIG) \
 	  --test-maskedimage-path $(DATA)/masked_image --test-mask-path $(DATA)/mask64 \
-	  --total-iter 8 --mask-func cosine --paste-known --gallery 8 --gt-path $(DATA)/test --output-dir $(RESULTS)
+	  --paste-known --gallery 8 --gt-path $(DATA)/test --output-dir $(RESULTS)
 	@echo "==> demo: FID of the inpainted images against $(DATA)/test_gt.csv"
 	$(PY) faster-pytorch-fid/fid_score_gpu.py --predicted-path $(RESULTS)/test_results \
 	  --gtcsv-path $(DATA)/test_gt.csv --json-out $(RESULTS)/results.json

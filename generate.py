@@ -1,6 +1,7 @@
 """Images from nothing with a trained MaskGIT: every token masked, the decoding of inpainting.py.
 
-    python generate.py --class animals --class 3 --n 8 --cfg-scale 2 --temperature 1 --output-dir results/gen
+    python generate.py --MaskGitConfig configs/MaskGit_small_cond.yml --class animals --class 3 --n 8 --cfg-scale 2 \
+        --temperature 1 --output-dir results/gen          (the shipped conditional model)
     python generate.py --n 16 --output-dir results/gen          (no --class: unconditional / the null class)
 
 Writes, under --output-dir, for each class (its name, `class_<id>` without names, or `unconditional`):

@@ -44,9 +44,10 @@ LABEL_SPLITS = ('test', 'val')  # prepare_dataset.py's splits with masked images
 
 def add_decoding_args(parser):
     """The decoding flags, one per DecodeSettings field, each default None: an unset flag takes the config's
-    value (model_param: gamma_type, choice_temperature, refine), else DecodeSettings' default."""
+    value (model_param: total_iter, gamma_type, choice_temperature, refine), else DecodeSettings' default."""
     d = DecodeSettings()
-    parser.add_argument('--total-iter', type=int, default=None, help=f"decoding steps T (default {d.total_iter})")
+    parser.add_argument('--total-iter', type=int, default=None,
+                        help=f"decoding steps T (default: the config's total_iter, else {d.total_iter})")
     parser.add_argument('--mask-func', default=None, choices=SCHEDULES,
                         help=f"mask schedule gamma (default: the config's gamma_type, else {d.mask_func})")
     parser.add_argument('--choice-temperature', type=float, default=None,
@@ -314,17 +315,20 @@ def save_gallery(shown, steps, final, masks, ids, gt_root, path, n):
     save_grid(torch.cat(rows), path, nrow=rows[0].shape[0])
 
 
-def save_schedules(inp, imgs, masks, ids, path):
-    """One row per schedule: the first image's mask after every step, then the results of the first images."""
-    n, m = min(SUMMARY_IMAGES, len(ids)), len(SCHEDULES)
-    rep = lambda x: x[:n].repeat(m, *[1] * (x.dim() - 1))                     # [m*n, ...], schedule-major
-    out = inp(rep(imgs), rep(masks), rep(ids), [mode for mode in SCHEDULES for _ in range(n)])
-    vq = inp.vqgan
-    final = inp.final(rep(imgs), rep(masks), out)
-    rows = [torch.cat([mask_tiles(out.masks[:, j * n], vq.latent_resolution, vq.img_resolution),
-                       final[j * n:(j + 1) * n]]) for j in range(m)]
-    save_grid(torch.cat(rows), path, nrow=rows[0].shape[0])
-    return [f"{mode}: {out.masks[:, j * n].sum(1).tolist()}" for j, mode in enumerate(SCHEDULES)]
+def save_schedules(inp, imgs, masks, ids, out, final, path):
+    """One row per schedule: the first image's mask after every step, then the results of the first images.
+    The settings' own schedule row is the batch's decoding (out, final); only the other schedules are decoded."""
+    n, vq = min(SUMMARY_IMAGES, len(ids)), inp.vqgan
+    others = [mode for mode in SCHEDULES if mode != inp.settings.mask_func]
+    rep = lambda x: x[:n].repeat(len(others), *[1] * (x.dim() - 1))          # [len(others)*n, ...], schedule-major
+    more = inp(rep(imgs), rep(masks), rep(ids), [mode for mode in others for _ in range(n)])
+    more_final = inp.final(rep(imgs), rep(masks), more)
+    rows = {mode: (more.masks[:, j * n], more_final[j * n:(j + 1) * n]) for j, mode in enumerate(others)}
+    rows[inp.settings.mask_func] = (out.masks[:, 0], final[:n])              # masks [S+1, N] of the first image
+    tiles = [torch.cat([mask_tiles(rows[mode][0], vq.latent_resolution, vq.img_resolution), rows[mode][1]])
+             for mode in SCHEDULES]
+    save_grid(torch.cat(tiles), path, nrow=tiles[0].shape[0])
+    return [f"{mode}: {rows[mode][0].sum(1).tolist()}" for mode in SCHEDULES]
 
 
 def class_label(model, settings, given, config):
@@ -436,7 +440,7 @@ def run(args):
                     save_gallery(shown, steps, final, masks, ids, args.gt_path,
                                  os.path.join(args.output_dir, 'gallery.png'), args.gallery)
                 summary = os.path.join(args.output_dir, 'schedules.png')
-                counts = save_schedules(inp, imgs, masks, ids, summary)
+                counts = save_schedules(inp, imgs, masks, ids, out, final, summary)
                 tqdm.write(f"masked tokens per step of image {ids[0].item()} -> {summary}\n  " + "\n  ".join(counts))
         if pending is not None:
             pending.result()

@@ -1,9 +1,8 @@
 """Class-conditional generation per guidance scale: FID against the train split and class accuracy, one table.
 
-    python benchmarks/eval_generation.py --MaskGitConfig configs/MaskGit_cond.yml \
-        --load-transformer-ckpt-path runs/cond/last_ckpt.pt --temperature 1 --n 50     # cfg scales 0 1 2 4
+    python benchmarks/eval_generation.py --MaskGitConfig configs/MaskGit_small_cond.yml --temperature 1 --n 50
 
-(a conditional config and checkpoint of one's own: none is shipped yet, and the shipped one is refused.)
+(cfg scales 0 1 2 4; the conditional config names its checkpoint; an unconditional one is refused.)
 
 A small CNN (models/classifier.py) is trained on the train split of --data (its labels.json) and scored on its
 test split; it is saved to --classifier (default OUT/classifier.pt) and loaded from there when the file exists

@@ -104,7 +104,8 @@ def mask_schedule(n_unknown, total_iter, gamma):
 
 # ----------------------------------------------------------------------------- settings
 
-_CONFIG_KEYS = {'mask_func': 'gamma_type', 'choice_temperature': 'choice_temperature', 'refine': 'refine'}  # -> model_param
+_CONFIG_KEYS = {'total_iter': 'total_iter', 'mask_func': 'gamma_type', 'choice_temperature': 'choice_temperature',
+                'refine': 'refine'}  # field -> its model_param key
 
 
 def _is_int(x):
@@ -148,8 +149,8 @@ class DecodeSettings:
 
     @classmethod
     def from_config(cls, model_param=None, **given):
-        """Each field: the given value unless None, else the config's (model_param's gamma_type ->
-        mask_func, choice_temperature, refine), else the default."""
+        """Each field: the given value unless None, else the config's (model_param's total_iter,
+        gamma_type -> mask_func, choice_temperature, refine), else the default."""
         unknown = set(given) - {f.name for f in fields(cls)}
         if unknown:
             raise TypeError(f"unknown decoding settings: {', '.join(sorted(unknown))}")

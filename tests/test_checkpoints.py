@@ -19,34 +19,44 @@ from utils import load_checkpoint, load_config, sha256_file
 SMALL = ROOT / 'configs' / 'MaskGit_small.yml'
 
 
-def shipped():
-    cfg = load_config(SMALL)
+SHIPPED_CONFIGS = ('MaskGit_small.yml', 'MaskGit_fashion.yml', 'MaskGit_small_cond.yml')  # each names its pair
+
+
+def shipped(config=SMALL):
+    cfg = load_config(config)
     vq = cfg['model_param']['VQ_Configs']
     return ROOT / vq['VQ_config_path'], ROOT / vq['VQ_CKPT_path'], ROOT / cfg['checkpoint']['path']
 
 
 def test_shipped_files_are_small_and_hashes_match():
-    _, vq_ckpt, tr_ckpt = shipped()
-    assert sum(p.stat().st_size for p in (vq_ckpt, tr_ckpt)) <= 40 * 2**20
-    for p in (vq_ckpt, tr_ckpt):
+    files = sorted(p for p in (ROOT / 'checkpoints').iterdir() if p.suffix == '.pt')
+    assert {p for name in SHIPPED_CONFIGS for p in shipped(ROOT / 'configs' / name)[1:]} == set(files)
+    assert sum(p.stat().st_size for p in files) <= 40 * 2**20
+    for p in files:
         digest, name = Path(f'{p}.sha256').read_text().split()
         assert name == p.name and digest == sha256_file(p)
         sd = load_checkpoint(str(p))  # verifies the sidecar too
-        assert all(v.dtype in (torch.float16, torch.float32) for v in sd.values() if v.is_floating_point())
+        assert all(v.dtype in (torch.float16, torch.float32) for v in sd.values()
+                   if torch.is_tensor(v) and v.is_floating_point())  # class names: the one non-tensor
 
 
-def test_shipped_checkpoints_load_into_the_default_configs(monkeypatch):
+@pytest.mark.parametrize('name', SHIPPED_CONFIGS)
+def test_shipped_checkpoints_load_into_the_default_configs(monkeypatch, name):
     monkeypatch.chdir(ROOT)  # the configs' paths are relative to the repo root
-    vq_cfg, vq_ckpt, tr_ckpt = shipped()
-    vqgan = load_vqgan(str(vq_cfg))  # default: the config's checkpoint: path
-    model = MaskGit(load_config(SMALL)['model_param'], vqgan)
+    config = ROOT / 'configs' / name
+    vq_cfg, vq_ckpt, tr_ckpt = shipped(config)
+    mp = load_config(config)['model_param']
+    vqgan = load_vqgan(str(vq_cfg), str(vq_ckpt))
+    model = MaskGit(mp, vqgan)
     model.transformer.load_state_dict(load_checkpoint(str(tr_ckpt)), strict=True)
     x = torch.rand(2, 3, 64, 64) * 2 - 1
+    labels = torch.tensor([0, model.transformer.num_classes]) if model.transformer.num_classes else None
     with torch.no_grad():
         tokens = vqgan.encode_indices(x)
-        logits = model.transformer(tokens)
+        logits = model.transformer(tokens, labels)
     assert tokens.shape == (2, 256) and logits.shape == (2, 256, model.num_codebook_vectors + 1)
     assert torch.isfinite(logits).all()
+    assert model.transformer.num_classes == mp['Transformer_param'].get('num_classes', 0)
 
 
 @pytest.fixture(scope='module')

@@ -13,8 +13,8 @@ import inpainting
 from conftest import IMG, LAT, ROOT, inpaint_maskgit_param
 from dataset import PairedTestDataset, data_stats, denormalize, normalize
 from models.baselines import have_opencv
-from models.decoding import (_GUMBEL, _SAMPLE, DecodeSettings, _hash32, _sample, decode, gamma_func, generate,
-                             image_seeds, mask_schedule, uniforms)
+from models.decoding import (_GUMBEL, _SAMPLE, SCHEDULES, DecodeSettings, _hash32, _sample, decode, gamma_func,
+                             generate, image_seeds, mask_schedule, uniforms)
 from models.maskgit import MaskGit
 from models.masks import latent_mask
 from models.transformer import BidirectionalTransformer
@@ -173,8 +173,9 @@ def test_latent_mask_from_hand_made_pixel_mask():
 def test_settings_take_the_given_value_then_the_configs_then_the_default():
     d = DecodeSettings()
     assert DecodeSettings.from_config(None) == d
-    mp = dict(gamma_type='linear', choice_temperature=0.0, refine=2)   # 0.0: a value, not "unset" (default 4.5)
-    assert DecodeSettings.from_config(mp) == DecodeSettings(mask_func='linear', choice_temperature=0.0, refine=2)
+    mp = dict(gamma_type='linear', choice_temperature=0.0, refine=2, total_iter=1)  # 0.0: a value, not "unset"
+    assert DecodeSettings.from_config(mp) == DecodeSettings(mask_func='linear', choice_temperature=0.0, refine=2,
+                                                            total_iter=1)
     assert DecodeSettings.from_config(mp, refine=0).refine == 0
     s = DecodeSettings.from_config(mp, mask_func='root', choice_temperature=2.0, total_iter=3, temperature=None)
     assert (s.mask_func, s.choice_temperature, s.total_iter, s.temperature) == ('root', 2.0, 3, d.temperature)
@@ -469,6 +470,23 @@ def test_script_outputs_and_batch_invariance(lab, tmp_path):
     assert (tmp_path / 'a' / 'schedules.png').is_file()
     # 5 schedules x (5 mask tiles + the 2 results of the first batch)
     assert Image.open(tmp_path / "a" / "schedules.png").size == (7 * tile + 2, 5 * tile + 2)
+
+
+def test_schedules_png_rows_are_each_schedules_own_decoding(lab, tmp_path):
+    """Each row's results are what a run under that schedule writes: the run's own schedule reuses the batch's
+    decoding, the other rows are decoded apart (a row mixed up, or the reused row taken from the wrong images,
+    shows another schedule's fill)."""
+    for mode in ('linear', 'cosine'):
+        assert cli(lab, tmp_path / mode, '--mask-func', mode, '--batch-size', '2', '--temperature', '1') == 0
+    tile, n = IMG + 2, 2                                                   # 2 = the first batch's images
+    sched = np.asarray(Image.open(tmp_path / 'linear' / 'schedules.png')).astype(int)
+    for mode in ('linear', 'cosine'):
+        row = SCHEDULES.index(mode)
+        for b, i in enumerate(IDS[:n]):
+            x = (5 + b) * tile + 2                                         # after the 5 mask tiles
+            got = sched[row * tile + 2:row * tile + 2 + IMG, x:x + IMG]
+            want = np.asarray(Image.open(tmp_path / mode / 'test_results' / f'image_{i:03d}.png')).astype(int)
+            assert np.abs(got - want).max() <= 1, (mode, i)               # one uint8 level: see batch invariance
 
 
 def test_script_paste_known_and_sweet_spot(lab, tmp_path):
