@@ -85,13 +85,11 @@ def csv_images(path):
 
 # ----------------------------------------------------------------------------- statistics
 
-@torch.inference_mode()
-def activation_statistics(images, model, batch_size=50, num_workers=0, device='cpu', desc='features'):
-    """(mu [D], sigma [D, D]) float64 numpy of the model's features over `images` (a Dataset or uint8 tensor)."""
+def _feature_batches(images, model, batch_size, num_workers, device, desc):
+    """The model's features over `images` (a Dataset or uint8 tensor), float64 [B, D] on `device`, a batch at a time."""
     device = torch.device(device)
     loader = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate, pin_memory=device.type == 'cuda')
-    total, gram, n = None, None, 0
     for batch in tqdm(loader, desc=desc, unit='batch', file=sys.stderr):
         if isinstance(batch, list):  # mixed sizes: the model's own resize, one image at a time
             x = torch.cat([F.interpolate(b[None].to(device).float() / 255, size=(299, 299), mode='bilinear',
@@ -101,7 +99,22 @@ def activation_statistics(images, model, batch_size=50, num_workers=0, device='c
         feats = model(x.contiguous(memory_format=torch.channels_last))[0]  # [B, D, h, w]
         if feats.shape[2:] != (1, 1):  # pytorch-fid averages the spatial map of the smaller blocks
             feats = F.adaptive_avg_pool2d(feats, (1, 1))
-        f = feats.flatten(1).double()  # [B, D]
+        yield feats.flatten(1).double()  # [B, D]
+
+
+@torch.inference_mode()
+def activation_features(images, model, batch_size=50, num_workers=0, device='cpu', desc='features'):
+    """Per-image features [n, D] float64 numpy of the model over `images` (a Dataset or uint8 tensor), in order."""
+    feats = [f.cpu() for f in _feature_batches(images, model, batch_size, num_workers, device, desc)]
+    return torch.cat(feats).numpy() if feats else np.zeros((0, 0))
+
+
+@torch.inference_mode()
+def activation_statistics(images, model, batch_size=50, num_workers=0, device='cpu', desc='features'):
+    """(mu [D], sigma [D, D]) float64 numpy of the model's features over `images` (a Dataset or uint8 tensor).
+    Streamed (sums and a Gram matrix on `device`): the features themselves are never all held."""
+    total, gram, n = None, None, 0
+    for f in _feature_batches(images, model, batch_size, num_workers, device, desc):  # [B, D]
         total = f.sum(0) if total is None else total + f.sum(0)
         gram = f.T @ f if gram is None else gram.addmm_(f.T, f)
         n += len(f)

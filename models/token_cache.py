@@ -2,7 +2,8 @@
 
 One file per (image folder, --partial, flip) in `cache_dir`, `{folder}_{key}.pt`, written atomically:
   {'meta': {...}, 'tokens': int16 [n_images, views, h*w]}  (views = 2 with horizontal flips, else 1)
-`meta` holds the VQGAN checkpoint's sha256, its config's model_param and normalisation (vqgan_meta,
+`meta` holds a sha256 of the VQGAN's tokenizing weights (encoder, quant_conv, codebook: a decoder-only
+fine-tune keeps every token, so it keeps the cache), its config's model_param and normalisation (vqgan_meta,
 computed once per run), and a fingerprint of the image files (names, sizes, mtimes). Any difference
 makes the file stale: it is re-encoded and replaced.
 """
@@ -16,7 +17,8 @@ from tqdm import tqdm
 
 from dataset import ImageDataset, data_stats, list_images
 from models.masks import fill_holes, normalised_fill
-from utils import atomic_save, load_checkpoint, sha256_file
+from models.vqgan import model_state_dict
+from utils import atomic_save, load_checkpoint
 
 FORMAT = 1
 
@@ -35,12 +37,27 @@ def cache_path(cache_dir, image_root, partial=1.0, flip=True):
     return os.path.join(cache_dir, f"{name}_{hashlib.sha256(ident.encode()).hexdigest()[:12]}.pt")
 
 
+TOKENIZER_PREFIXES = ('encoder.', 'quant_conv.', 'codebook.')  # VQGAN.encode: what a token depends on
+
+
+def tokenizer_sha256(vq_ckpt_path):
+    """sha256 over the names, dtypes, shapes and bytes of a VQGAN checkpoint's encoder, quant_conv and codebook
+    tensors (the decoder and post_quant_conv do not change a token)."""
+    sd = model_state_dict(load_checkpoint(vq_ckpt_path))
+    h = hashlib.sha256()
+    for k in sorted(k for k in sd if k.startswith(TOKENIZER_PREFIXES)):
+        t = sd[k].detach().cpu().contiguous()
+        h.update(f"{k}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b'')
+    return h.hexdigest()
+
+
 def vqgan_meta(vq_cfg, vq_ckpt_path):
-    """What the tokens depend on besides the images: the VQGAN checkpoint's sha256, its config's (parsed
-    YAML) model_param and normalisation. Computed once per run and passed to every cache: hashing a large
-    checkpoint takes seconds, and the VQGAN itself is loaded only if something must be encoded."""
+    """What the tokens depend on besides the images: the VQGAN's tokenizing weights (tokenizer_sha256), its
+    config's (parsed YAML) model_param and normalisation. Computed once per run and passed to every cache;
+    the VQGAN itself is built only if something must be encoded."""
     mean, std = data_stats(vq_cfg, 'train')
-    return {'vqgan_sha256': sha256_file(vq_ckpt_path),
+    return {'tokenizer_sha256': tokenizer_sha256(vq_ckpt_path),
             'vqgan_model_param': json.dumps(vq_cfg.get('model_param'), sort_keys=True),
             'mean': list(mean), 'std': list(std)}
 

@@ -19,7 +19,7 @@ from benchmarks.flops import peak_tflops
 from conftest import COURSE_TRAIN, ROOT, TINY_VQ, K, N, interrupt_then_resume, run_args, tiny_mp
 from dataset import ImageDataset, data_stats
 from models.maskgit import MaskGit, gamma_func, mvtm_loss
-from models.token_cache import cache_path, load_tokens, vqgan_meta
+from models.token_cache import TOKENIZER_PREFIXES, cache_path, load_tokens, tokenizer_sha256, vqgan_meta
 from models.transformer import BidirectionalTransformer, MultiHeadAttention
 from models.vqgan import VQGAN, load_vqgan
 from utils import load_checkpoint, load_config, sha256_file
@@ -284,13 +284,22 @@ def test_token_cache_flips_reuse_and_stale_rebuild(lab, tmp_path):
     assert torch.equal(m.encode_to_z(x)[1], tok[0:4:2].long()) and m(x)[1].shape == (2, N)
     with pytest.raises(ValueError, match='num_codebook_vectors=32 but the VQGAN has 16 codes'):
         MaskGit(tiny_mp(k=32), vq)
-    # another checkpoint: the cache is stale and re-encoded in place
-    torch.manual_seed(5)
-    torch.save(VQGAN(TINY_VQ).state_dict(), tmp_path / 'other.pt')
-    load_tokens(str(lab / 'train'), vqgan_meta(vq_cfg, tmp_path / 'other.pt'), **kw)
-    assert len(calls) == 2 and any('stale' in m and 'vqgan_sha256' in m for m in logs)
-    meta = load_checkpoint(cache_path(str(tmp_path), str(lab / 'train')))['meta']
-    assert meta['vqgan_sha256'] == sha256_file(tmp_path / 'other.pt')
+    # another decoder (a --decoder-only fine-tune): same tokens, the cache is kept
+    sd = VQGAN(TINY_VQ).state_dict()
+    sd.update({k: v for k, v in load_checkpoint(lab / 'vq.pt').items() if k.startswith(TOKENIZER_PREFIXES)})
+    torch.save(sd, tmp_path / 'new_decoder.pt')
+    assert torch.equal(load_tokens(str(lab / 'train'), vqgan_meta(vq_cfg, tmp_path / 'new_decoder.pt'), **kw), tok)
+    assert len(calls) == 1
+    # another encoder or codebook: the cache is stale and re-encoded in place
+    for i, key in enumerate(['encoder.', 'codebook.']):
+        sd = load_checkpoint(lab / 'vq.pt')
+        name = next(k for k in sd if k.startswith(key))
+        sd[name] = sd[name] + 1e-3
+        torch.save(sd, tmp_path / f'other{i}.pt')
+        load_tokens(str(lab / 'train'), vqgan_meta(vq_cfg, tmp_path / f'other{i}.pt'), **kw)
+        assert len(calls) == 2 + i and any('stale' in m and 'tokenizer_sha256' in m for m in logs)
+        meta = load_checkpoint(cache_path(str(tmp_path), str(lab / 'train')))['meta']
+        assert meta['tokenizer_sha256'] == tokenizer_sha256(tmp_path / f'other{i}.pt')
 
 
 # ----------------------------------------------------------------------------- training script
@@ -390,8 +399,9 @@ def test_a_run_parses_the_vqgan_config_and_hashes_its_checkpoint_once(lab, tmp_p
     safe_load, sha256 = yaml.safe_load, utils.sha256_file
     monkeypatch.setattr(yaml, 'safe_load', lambda f: parsed.append(os.path.basename(getattr(f, 'name', ''))) or
                         safe_load(f))
-    for module in (utils, models.token_cache):
-        monkeypatch.setattr(module, 'sha256_file', lambda p, *a: hashed.append(os.path.basename(p)) or sha256(p, *a))
+    tok_sha = models.token_cache.tokenizer_sha256
+    monkeypatch.setattr(utils, 'sha256_file', lambda p, *a: hashed.append(os.path.basename(p)) or sha256(p, *a))
+    monkeypatch.setattr(models.token_cache, 'tokenizer_sha256', lambda p: hashed.append(os.path.basename(p)) or tok_sha(p))
     tt.main(run_args(lab, tmp_path, '--cache-dir', str(tmp_path / 'cache'), '--epochs', '1'))
     assert (tmp_path / 'log.csv').is_file() and len(os.listdir(tmp_path / 'cache')) == 2
     assert parsed.count('vq.yml') == 1 and parsed.count('mg.yml') == 1 and hashed.count('vq.pt') == 1, (parsed, hashed)

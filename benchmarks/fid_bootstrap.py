@@ -1,0 +1,165 @@
+"""Is an FID difference between inpainting runs real? A paired bootstrap over the images (fid/bootstrap.py).
+
+    python benchmarks/fid_bootstrap.py --gt data/openclipart/val_gt.csv \
+        --runs ours=results/eval_val/ours telea=results/eval_val/telea --reference telea \
+        --features-cache results/fid_features --out results/eval_val/bootstrap.json
+
+--gt: a folder of images, or the course's ground-truth CSV (eval_inpainting.py scores against DATA/val_gt.csv or
+DATA/test_gt.csv, or OUT/gt with --partial). Images are aligned by sorted file name: each run folder must hold
+exactly the GT folder's image names. A CSV lists no names: its row i is the split's i-th image (prepare_dataset.py
+numbers them image_{i}, and eval_inpainting.py keeps those names), so the run folders must then hold the same
+names as each other, as many as the CSV's rows, and row i is matched to the i-th name in sorted order.
+Features (Inception pool3, 2048) are cached per source in --features-cache as .npy, keyed by the absolute path
+and the files' names, sizes and mtimes. Prints a markdown table; --out writes the same as JSON.
+Read the interval of the DIFFERENCE: bootstrap FIDs are biased upward (fid/bootstrap.py).
+"""
+import argparse
+import hashlib
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script: the repo root
+from dataset import list_images  # noqa: E402
+from fid import score as fs  # noqa: E402
+from fid.bootstrap import paired_bootstrap, summarise  # noqa: E402
+from utils import atomic_open, check_writable, resolve_device  # noqa: E402
+
+DIMS = 2048
+
+
+def fail(msg):
+    sys.exit(f"fid_bootstrap.py: {msg}")
+
+
+def parse_runs(specs):
+    """['NAME=FOLDER', ...] -> {name: folder}."""
+    runs = {}
+    for spec in specs:
+        name, _, folder = spec.partition('=')
+        if not folder or not name or not name.replace('_', '').replace('.', '').replace('-', '').isalnum():
+            fail(f"--runs: '{spec}' is not NAME=FOLDER (a name of letters, digits, _ . -)")
+        if name in runs:
+            fail(f"--runs: run name {name} given twice")
+        if not os.path.isdir(folder):
+            fail(f"--runs {name}: image folder not found: {folder}")
+        runs[name] = folder
+    return runs
+
+
+def names_of(folder):
+    return [os.path.basename(p) for p in list_images(folder)]
+
+
+def csv_rows(path):
+    """Rows of a ground-truth CSV without parsing it (a header line, then one line an image)."""
+    with open(path) as f:
+        return sum(1 for line in f if line.strip()) - 1
+
+
+def check_names(gt, runs):
+    """The image names every source is aligned by; a run folder with other names is an error naming it."""
+    is_csv = gt.lower().endswith('.csv')
+    want = names_of(next(iter(runs.values()))) if is_csv else names_of(gt)
+    for name, folder in runs.items():
+        have = names_of(folder)
+        if have != want:
+            missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+            other = f"the first run's ({next(iter(runs.values()))})" if is_csv else f"the ground truth's ({gt})"
+            fail(f"--runs {name}: the image names in {folder} differ from {other}: {len(missing)} missing "
+                 f"{missing[:3]}, {len(extra)} extra {extra[:3]}")
+    if len(want) < 2:
+        fail(f"FID needs at least 2 images, got {len(want)}")
+    if is_csv and csv_rows(gt) != len(want):
+        fail(f"the run folders hold {len(want)} images but the ground-truth CSV {gt} has {csv_rows(gt)} rows")
+    return want
+
+
+def cache_path(source, cache):
+    """--features-cache/<name>-<key>.npy, the key from the absolute path and each file's name, size and mtime."""
+    files = [source] if os.path.isfile(source) else list_images(source)
+    stamp = [(os.path.basename(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
+    key = hashlib.sha256(json.dumps([os.path.abspath(source), DIMS, stamp]).encode()).hexdigest()[:16]
+    return os.path.join(cache, f"{os.path.basename(os.path.normpath(source))}-{key}.npy")
+
+
+def features(source, model_fn, device, cache=None):
+    """[n, 2048] float64 Inception features of a folder or a ground-truth CSV, from the cache when there."""
+    path = cache and cache_path(source, cache)
+    if path and os.path.isfile(path):
+        return np.load(path)
+    images, workers = fs._images_of(source)
+    feats = fs.activation_features(images, model_fn(), num_workers=fs.default_workers() if workers is None else workers,
+                                   device=device, desc=os.path.basename(os.path.normpath(source)))
+    if not np.isfinite(feats).all():
+        raise ValueError(f"features of {source} contain NaN or inf (broken images?): no FID can be computed")
+    if path:
+        with atomic_open(path, 'wb') as f:
+            np.save(f, feats)
+    return feats
+
+
+def table(summary, reference):
+    rows = ['| run | FID | 95 % interval | minus reference | 95 % interval of the difference | opposite-sign share |',
+            '|---|---|---|---|---|---|']
+    for name, s in summary.items():
+        lo, hi = s['fid_interval']
+        diff = ('(reference)', '', '') if name == reference else (
+            f"{s['diff']:+.2f}", '[{:+.2f}, {:+.2f}]'.format(*s['diff_interval']), f"{s['opposite_share']:.3f}")
+        rows.append(f"| {name} | {s['fid']:.2f} | [{lo:.2f}, {hi:.2f}] | " + ' | '.join(diff) + ' |')
+    return '\n'.join(rows)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--gt', required=True, help='ground-truth image folder, or the ground-truth CSV')
+    p.add_argument('--runs', nargs='+', required=True, metavar='NAME=FOLDER', help="runs' image folders")
+    p.add_argument('--reference', default=None, help='the run differences are taken against (default: the first)')
+    p.add_argument('--n-boot', type=int, default=1000, help='bootstrap resamples')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--out', default=None, metavar='FILE.json', help='also write the results as JSON')
+    p.add_argument('--features-cache', default=None, metavar='DIR', help='cache each source\'s features here')
+    p.add_argument('--device', default='auto', help='auto: cuda if available, else cpu')
+    a = p.parse_args(argv)
+
+    # every check before any feature is computed
+    if a.n_boot < 1:
+        fail(f"--n-boot must be >= 1, got {a.n_boot}")
+    runs = parse_runs(a.runs)
+    reference = a.reference or next(iter(runs))
+    if reference not in runs:
+        fail(f"--reference {reference} is not one of the runs ({', '.join(runs)})")
+    if not (os.path.isdir(a.gt) or (a.gt.lower().endswith('.csv') and os.path.isfile(a.gt))):
+        fail(f"--gt: not an image folder or a ground-truth .csv: {a.gt}")
+    try:
+        names = check_names(a.gt, runs)
+        if a.out:
+            check_writable(a.out, '--out')
+        if a.features_cache:
+            check_writable(a.features_cache, '--features-cache', folder=True)
+        device = resolve_device(a.device)
+        model = []
+
+        def model_fn():  # built once, and only if some source is not cached
+            if not model:
+                model.append(fs.fast_inception(DIMS, device))
+            return model[0]
+
+        gt = features(a.gt, model_fn, device, a.features_cache)
+        feats = {name: features(folder, model_fn, device, a.features_cache) for name, folder in runs.items()}
+        summary = summarise(paired_bootstrap(feats, gt, a.n_boot, a.seed), reference)
+    except (OSError, ValueError, RuntimeError) as e:
+        fail(str(e).strip().splitlines()[-1])  # a DataLoader worker's error: its last line is the message
+
+    print(f"FID over {len(names)} images, {a.n_boot} paired resamples (seed {a.seed}); ground truth {a.gt}\n")
+    print(table(summary, reference), flush=True)
+    if a.out:
+        with atomic_open(a.out) as f:
+            json.dump({'gt': a.gt, 'reference': reference, 'images': len(names), 'n_boot': a.n_boot, 'seed': a.seed,
+                       'runs': {k: {'folder': runs[k], **s} for k, s in summary.items()}}, f, indent=2)
+
+
+if __name__ == '__main__':
+    main()
