@@ -120,6 +120,15 @@ def sha256_file(path, chunk=1 << 20):
     return h.hexdigest()
 
 
+def files_fingerprint(paths):
+    """sha256 over each file's name, size and mtime: cheap staleness check of a cache built from `paths`."""
+    h = hashlib.sha256()
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{os.path.basename(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
 def load_checkpoint(path, map_location='cpu'):
     """torch.load with weights_only=True; missing or unreadable files are one-line errors naming the file.
 

@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -25,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from dataset import list_images  # noqa: E402
 from fid import score as fs  # noqa: E402
 from fid.bootstrap import paired_bootstrap, summarise  # noqa: E402
-from utils import atomic_open, check_writable, resolve_device  # noqa: E402
+from utils import atomic_open, check_writable, files_fingerprint, resolve_device  # noqa: E402
 
 DIMS = 2048
 
@@ -39,7 +40,7 @@ def parse_runs(specs):
     runs = {}
     for spec in specs:
         name, _, folder = spec.partition('=')
-        if not folder or not name or not name.replace('_', '').replace('.', '').replace('-', '').isalnum():
+        if not folder or not re.fullmatch(r'[\w.-]+', name):
             fail(f"--runs: '{spec}' is not NAME=FOLDER (a name of letters, digits, _ . -)")
         if name in runs:
             fail(f"--runs: run name {name} given twice")
@@ -80,8 +81,7 @@ def check_names(gt, runs):
 def cache_path(source, cache):
     """--features-cache/<name>-<key>.npy, the key from the absolute path and each file's name, size and mtime."""
     files = [source] if os.path.isfile(source) else list_images(source)
-    stamp = [(os.path.basename(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
-    key = hashlib.sha256(json.dumps([os.path.abspath(source), DIMS, stamp]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{os.path.abspath(source)}|{DIMS}|{files_fingerprint(files)}".encode()).hexdigest()[:16]
     return os.path.join(cache, f"{os.path.basename(os.path.normpath(source))}-{key}.npy")
 
 

@@ -18,17 +18,9 @@ from tqdm import tqdm
 from dataset import ImageDataset, data_stats, list_images
 from models.masks import fill_holes, normalised_fill
 from models.vqgan import model_state_dict
-from utils import atomic_save, load_checkpoint
+from utils import atomic_save, files_fingerprint, load_checkpoint
 
 FORMAT = 1
-
-
-def _files_fingerprint(paths):
-    h = hashlib.sha256()
-    for p in paths:
-        st = os.stat(p)
-        h.update(f"{os.path.basename(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
 
 
 def cache_path(cache_dir, image_root, partial=1.0, flip=True):
@@ -65,7 +57,7 @@ def vqgan_meta(vq_cfg, vq_ckpt_path):
 def cache_meta(image_root, vq_meta, partial=1.0, flip=True):
     """What a cache file must match to be reused: the VQGAN (vqgan_meta) and the image files."""
     paths = list_images(image_root, partial)
-    return {'format': FORMAT, **vq_meta, 'n_images': len(paths), 'files': _files_fingerprint(paths),
+    return {'format': FORMAT, **vq_meta, 'n_images': len(paths), 'files': files_fingerprint(paths),
             'partial': float(partial), 'flip': bool(flip)}
 
 
