@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 SOURCE ?= openclipart
 DATA   ?= data/$(SOURCE)
 RESULTS ?= results/demo
-CONFIG ?= configs/MaskGit_small.yml
+CONFIG ?= configs/MaskGit_small_cond.yml
 
 # what each source needs: its Debian package, the folder that package installs, prepare_dataset.py's flags
 PKG_openclipart := openclipart-png

@@ -73,15 +73,19 @@ def add_decoding_args(parser):
     return parser
 
 
+# the shipped openclipart pair: the class-conditional model, plain inpainting under its null class (RESULTS.md)
+DEFAULT_CONFIG = 'configs/MaskGit_small_cond.yml'
+
+
 def add_model_args(parser, what='transformer checkpoint'):
     """The flags that pick the model and where it runs, shared by inpainting.py, generate.py and the benchmarks."""
     parser.add_argument('--device', default='auto', help="cpu, cuda, cuda:N, or auto (cuda when available)")
     parser.add_argument('--batch-size', type=int, default=64, help="images decoded together")
-    parser.add_argument('--MaskGitConfig', default='configs/MaskGit_small.yml',
+    parser.add_argument('--MaskGitConfig', default=DEFAULT_CONFIG,
                         help="MaskGit config (course: configs/MaskGit.yml)")
     parser.add_argument('--load-transformer-ckpt-path', default=None,
                         help=f"{what}: a state_dict (the course's format) or a train_state.pt (default: the "
-                             "config's checkpoint: path, the shipped one for MaskGit_small.yml)")
+                             f"config's checkpoint: path, the shipped one for {DEFAULT_CONFIG})")
     parser.add_argument('--vqgan-ckpt', default=None, help="VQGAN checkpoint (default: VQ_CKPT_path of the config)")
     parser.add_argument('--amp', action='store_true', help="bfloat16 autocast for the networks")
     return parser

@@ -14,7 +14,7 @@ transformer passes and the config's --refine rounds, what eval_inpainting.py tim
 CLI / core. The CLI's fixed costs (loading, checking
 the inputs, schedules.png's extra decodes on the first batch) weigh less the more images: a smoke run
 of 8 images overstates the ratio of a full test split. The decoding flags are inpainting.py's, with its
-defaults and the config's (refine: 2 for MaskGit_small.yml); --refine applies to the CLI part only (the
+defaults and the config's (refine: 2 for the shipped MaskGit_small_cond.yml); --refine applies to the CLI part only (the
 per-image reference has no refinement; the decoder comparison is one decode). --cli-only skips the
 decoder comparison.
 
@@ -214,7 +214,7 @@ def cli_vs_core(args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--config', default='configs/MaskGit_small.yml', help="MaskGit config (its Transformer_param)")
+    p.add_argument('--config', default=inpainting.DEFAULT_CONFIG, help="MaskGit config (its Transformer_param)")
     p.add_argument('--batch-size', type=int, default=64)
     p.add_argument('--ref-images', type=int, default=8, help="images the per-image reference decodes (it is slow)")
     p.add_argument('--repeats', type=int, default=2, help="timed rounds (reference then batched); the fastest counts")

@@ -89,7 +89,7 @@ def main(argv=None):
     p.add_argument('--split', choices=SPLITS, default='val', help='val: every choice is made here; test: report')
     p.add_argument('--out', default=None, help='output folder (default results/eval_<split>)')
     p.add_argument('--data', default='data/openclipart', help='dataset in the course layout (prepare_dataset.py)')
-    p.add_argument('--MaskGitConfig', default='configs/MaskGit_small.yml')
+    p.add_argument('--MaskGitConfig', default=inpainting.DEFAULT_CONFIG)
     p.add_argument('--load-transformer-ckpt-path', default=None, help="default: the config's checkpoint: path")
     p.add_argument('--vqgan-ckpt', default=None, help="default: the config's VQ_CKPT_path")
     p.add_argument('--runs', nargs='*', default=['T8=--total-iter,8', 'T1=--total-iter,1'],

@@ -1,6 +1,8 @@
 """fid/bootstrap.py's Fréchet distance from features and its paired bootstrap; benchmarks/fid_bootstrap.py on tiny
 folders with a stand-in feature extractor (no Inception weights)."""
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -230,3 +232,110 @@ def test_cli_mismatched_names_are_a_one_line_error_naming_the_folder(lab):
 def test_cli_bad_input_is_a_one_line_error(lab, args, words):
     args = [x.format(a=lab['a'], missing=lab['tmp'] / 'nope') for x in args]
     assert words in one_line_error(lab, *args)
+
+
+# ----------------------------------------------------------------------------- --masks: hole-only L1 / PSNR
+
+HOLE_HEADER = ('| run | hole L1 | minus reference | 95 % interval | opposite-sign share '
+               '| hole PSNR (dB) | minus reference | 95 % interval | opposite-sign share |')
+HOLE_KEYS = [f'{m}{s}' for m in ('hole_l1', 'hole_psnr') for s in ('', '_diff', '_diff_interval', '_opposite_share')]
+
+
+def write_masks(path, n=6, size=(8, 8), seed=1):
+    """n mode-L masks mask_00000.png ...: 0 / 255 at random, and 127 (a hole) and 128 (known) where the
+    threshold's edge shows."""
+    m = np.where(np.random.default_rng(seed).random((n, *size)) < 0.4, 0, 255).astype(np.uint8)
+    m[:, 0, 0], m[:, 0, 1] = 127, 128
+    path.mkdir(parents=True, exist_ok=True)
+    for i, x in enumerate(m):
+        Image.fromarray(x, 'L').save(path / f'mask_{i:05d}.png')
+    return str(path)
+
+
+def read_pngs(folder):
+    """Every PNG of a folder in sorted order, as numpy arrays (RGB [H, W, 3] or L [H, W])."""
+    return [np.asarray(Image.open(folder / name)) for name in sorted(os.listdir(folder))]
+
+
+def naive_holes(run, gt, masks):
+    """Per-image hole L1 (levels) and PSNR (dB), one image at a time from the PNGs: the figures to match."""
+    l1, psnr = [], []
+    for x, y, m in zip(read_pngs(Path(run)), read_pngs(Path(gt)), read_pngs(Path(masks))):
+        d = (x.astype(np.float64) - y)[m < 128]                               # [hole pixels, 3]
+        l1.append(np.abs(d).mean())
+        psnr.append(10 * np.log10(255 ** 2 / (d ** 2).mean()))
+    return np.array(l1), np.array(psnr)
+
+
+@pytest.fixture
+def holes(lab):
+    lab['masks'] = write_masks(lab['tmp'] / 'masks')
+    return lab
+
+
+def hole_cli(lab, runs, *extra, gt=None):
+    """The tool with --masks on {name: folder}; its JSON's runs."""
+    out = lab['tmp'] / 'holes.json'
+    fb.main(['--gt', gt or lab['gt'], '--runs', *[f'{k}={v}' for k, v in runs.items()], '--masks', lab['masks'],
+             '--n-boot', '50', '--device', 'cpu', '--out', str(out), *extra])
+    return json.loads(out.read_text())['runs']
+
+
+def test_cli_hole_metrics_match_a_naive_loop_over_the_pngs(holes, capsys):
+    res = hole_cli(holes, {'a': holes['a'], 'b': holes['b']}, '--reference', 'b')
+    text = capsys.readouterr().out
+    (l1a, pa), (l1b, pb) = (naive_holes(holes[k], holes['gt'], holes['masks']) for k in 'ab')
+    assert text.index(HOLE_HEADER) > text.index('| run | FID |')  # the second table, after the FID's
+    assert f"| a | {l1a.mean():.2f} | {(l1a - l1b).mean():+.2f} |" in text
+    assert f"| b | {l1b.mean():.2f} | (reference) |" in text
+    for k, l1, psnr in (('a', l1a, pa), ('b', l1b, pb)):
+        assert set(HOLE_KEYS) <= set(res[k])
+        assert res[k]['hole_l1'] == pytest.approx(l1.mean(), rel=1e-6)  # float32 sums over 8 x 8 images
+        assert res[k]['hole_psnr'] == pytest.approx(psnr.mean(), rel=1e-6)
+    assert res['a']['hole_l1_diff'] == pytest.approx((l1a - l1b).mean(), rel=1e-6) and res['a']['hole_l1_diff'] < 0
+    assert res['a']['hole_psnr_diff'] == pytest.approx((pa - pb).mean(), rel=1e-6) and res['a']['hole_psnr_diff'] > 0
+    csv = str(holes['tmp'] / 'val_gt.csv')
+    write_gt_csv(holes['images'], csv)
+    by_csv = hole_cli(holes, {'a': holes['a'], 'b': holes['b']}, '--reference', 'b', gt=csv)
+    assert all(by_csv[k][key] == res[k][key] for k in 'ab' for key in HOLE_KEYS)  # the same pixels either way
+
+
+def test_cli_hole_differences_of_a_run_with_itself_are_zero_and_a_shift_is_paired(holes):
+    masks = read_pngs(Path(holes['masks']))
+    ref = [np.clip(x, 0, 250) for x in read_pngs(Path(holes['a']))]  # room for +5 everywhere: no clipping
+    plus = [np.where((m < 128)[..., None], x + 5, x) for x, m in zip(ref, masks)]  # +5 levels on hole pixels only
+    runs = {'ref': write_folder(holes['tmp'] / 'ref', ref), 'same': write_folder(holes['tmp'] / 'same', ref),
+            'plus': write_folder(holes['tmp'] / 'plus', plus)}
+    res = hole_cli(holes, runs, '--reference', 'ref')
+    for m in ('hole_l1', 'hole_psnr'):
+        assert res['same'][m] == res['ref'][m] and res['same'][f'{m}_diff'] == 0
+        assert res['same'][f'{m}_diff_interval'] == [0, 0] and res['same'][f'{m}_opposite_share'] == 0
+    (l1r, pr), (l1p, pp) = (naive_holes(runs[k], holes['gt'], holes['masks']) for k in ('ref', 'plus'))
+    idx = resample_indices(6, 50, 0)  # the FID bootstrap's resamples (--n-boot 50, --seed 0)
+    for m, d in (('hole_l1', l1p - l1r), ('hole_psnr', pp - pr)):
+        boot = d[idx].mean(1)                                                  # [50] paired mean differences
+        assert res['plus'][f'{m}_diff'] == pytest.approx(d.mean(), rel=1e-5)
+        np.testing.assert_allclose(res['plus'][f'{m}_diff_interval'], np.percentile(boot, [2.5, 97.5]), rtol=1e-5)
+        assert res['plus'][f'{m}_opposite_share'] == np.mean(boot * d.mean() < 0)
+
+
+def test_cli_known_pixels_do_not_move_the_hole_metrics(holes):
+    masks = read_pngs(Path(holes['masks']))
+    other = [np.where((m >= 128)[..., None], 255 - x, x) for x, m in zip(read_pngs(Path(holes['a'])), masks)]
+    res = hole_cli(holes, {'a': holes['a'], 'known': write_folder(holes['tmp'] / 'known', other)})
+    assert res['known']['diff'] != 0  # the FID sees the change
+    assert res['known']['hole_l1'] == res['a']['hole_l1'] and res['known']['hole_psnr'] == res['a']['hole_psnr']
+    assert res['known']['hole_l1_diff_interval'] == [0, 0] and res['known']['hole_psnr_diff_interval'] == [0, 0]
+
+
+@pytest.mark.parametrize('case, words', [('missing', 'not found'), ('count', '5 masks'), ('size', 'mask_00003.png')])
+def test_cli_bad_masks_are_a_one_line_error_naming_the_flag(holes, case, words):
+    folder = holes['tmp'] / 'masks'
+    if case == 'missing':
+        folder = holes['tmp'] / 'nope'
+    elif case == 'count':
+        (folder / 'mask_00005.png').unlink()
+    else:
+        Image.fromarray(np.full((9, 8), 255, np.uint8), 'L').save(folder / 'mask_00003.png')
+    msg = one_line_error(holes, '--runs', f"a={holes['a']}", '--masks', str(folder))
+    assert '--masks' in msg and words in msg, msg

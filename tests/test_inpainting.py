@@ -207,7 +207,7 @@ def test_every_setting_is_a_flag_unset_by_default():
 
 
 def test_cli_default_is_argmax_with_the_configs_schedule_and_choice_temperature():
-    mp = load_config(ROOT / 'configs' / 'MaskGit_small.yml')['model_param']
+    mp = load_config(ROOT / inpainting.DEFAULT_CONFIG)['model_param']
     default = inpainting.decoding_settings(inpainting.parse_args([]), mp)
     assert default == inpainting.decoding_settings(inpainting.parse_args(['--temperature', '0']), mp)
     assert default == DecodeSettings(temperature=0.0, mask_func=mp['gamma_type'],
