@@ -26,11 +26,10 @@ import sys
 
 import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script: the repo root
 from benchmarks.eval_inpainting import hole_errors  # noqa: E402
-from dataset import MASK_THRESHOLD, list_images  # noqa: E402
+from dataset import MASK_THRESHOLD, list_images, load_mask  # noqa: E402
 from fid import score as fs  # noqa: E402
 from fid.bootstrap import paired_bootstrap, resample_indices, summarise  # noqa: E402
 from utils import atomic_open, check_writable, files_fingerprint, resolve_device  # noqa: E402
@@ -137,12 +136,14 @@ def load_masks(paths, size):
     """float [n, 1, H, W], 1 = known (>= MASK_THRESHOLD), 0 = hole; a mask whose size is not (H, W) names it."""
     masks = []
     for path in paths:
-        with Image.open(path) as img:
-            m = np.asarray(img.convert('L'))                               # [H, W]
-        if m.shape != size:
-            fail(f"--masks: {path} is {m.shape[1]}x{m.shape[0]} but the images are {size[1]}x{size[0]}")
+        try:
+            m = load_mask(path, MASK_THRESHOLD)                            # [1, H, W]
+        except ValueError as e:
+            fail(f"--masks: {e}")
+        if tuple(m.shape[1:]) != size:
+            fail(f"--masks: {path} is {m.shape[2]}x{m.shape[1]} but the images are {size[1]}x{size[0]}")
         masks.append(m)
-    return torch.from_numpy(np.stack(masks) >= MASK_THRESHOLD).float()[:, None]
+    return torch.stack(masks)
 
 
 def hole_metrics(gt, runs, mask_dir, n):
