@@ -41,7 +41,7 @@ from models.masks import latent_mask, pixel_mask_bank
 from models.token_cache import load_context_tokens, load_tokens, vqgan_meta
 from models.vqgan import load_vqgan
 from plots import plot_curves
-from utils import (atomic_open, export_checkpoint, load_checkpoint, load_config, load_state_dict_checked,
+from utils import (atomic_open, export_checkpoint, load_checkpoint, load_config, load_state_dict_checked, lr_factor,
                    resolve_device, save_checkpoint, seed_everything)
 
 # configs/MaskGit.yml's train: section is the one home of the training defaults: a config's own train: section
@@ -198,13 +198,6 @@ def amp_setup(device, amp):
 
 
 # ----------------------------------------------------------------------------- one step
-
-def lr_factor(step, warmup, total):
-    """Linear warmup over `warmup` steps, then cosine decay to 0 at `total` steps."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
 
 def step_seed(seed, step, stream, rank=0):
     """Distinct, reproducible seed per (run seed, optimizer step, random stream, rank)."""

@@ -28,14 +28,16 @@ from dataset import ImageDataset, data_stats, denormalize
 from models.discriminator import Discriminator
 from models.vqgan import VQGAN, model_state_dict
 from plots import save_grid
-from utils import (export_checkpoint, load_checkpoint, load_config, load_state_dict_checked, resolve_device,
-                   save_checkpoint, seed_everything)
+from utils import (export_checkpoint, load_checkpoint, load_config, load_state_dict_checked, lr_factor,
+                   resolve_device, save_checkpoint, seed_everything)
 
 # The course VQGAN's training settings (configs/VQGAN.yml, the course's file, has no train: section); a config's
 # train: section overrides them key by key.
 TRAIN_DEFAULTS = dict(batch_size=16, accum_grad=1, learning_rate=2.25e-4, betas=[0.5, 0.9], epochs=10,
                       l1_weight=1.0, l2_weight=1.0, disc_start=2000, disc_weight=0.5,
-                      disc_config='configs/Discriminator.yml', run_dir='runs/vqgan')
+                      disc_config='configs/Discriminator.yml', run_dir='runs/vqgan', lr_schedule='constant',
+                      hflip=False)
+LR_SCHEDULES = ('constant', 'cosine')  # cosine: from learning_rate to 0 over the run's epochs, set every step
 CSV_FIELDS = ['epoch', 'step', 'train_loss', 'train_rec', 'train_q', 'val_l1', 'val_psnr', 'usage_pct',
               'perplexity', 'seconds']
 
@@ -82,6 +84,8 @@ def train_settings(cfg, args):
             t[key] = getattr(args, key)
     t['train_path'] = args.train_path or data.get('train_path', 'data/openclipart/train')
     t['val_path'] = args.val_path or data.get('val_path', 'data/openclipart/val')
+    if t['lr_schedule'] not in LR_SCHEDULES:
+        raise ValueError(f"{args.config}: train.lr_schedule is {t['lr_schedule']!r}; use one of {', '.join(LR_SCHEDULES)}")
     return t
 
 
@@ -296,8 +300,15 @@ def train_epoch(run, data, t, args, device, start):
     n_batches = 0
     stop = False
     bar = tqdm(data.train, desc=f"epoch {run.epoch + 1}/{t['epochs']}", dynamic_ncols=True, leave=False)
+    total = t['epochs'] * (len(data.train) // t['accum_grad'])
     for i, x in enumerate(bar):
-        x = x.to(device, non_blocking=True)
+        x = x.to(device, non_blocking=True)                      # [B, 3, H, W]
+        if t['hflip']:  # clip art has no handedness; the flips come from the saved training-order stream
+            flip = torch.rand(len(x), generator=run.loader_gen) < 0.5
+            x = torch.where(flip.to(device)[:, None, None, None], x.flip(-1), x)
+        if t['lr_schedule'] == 'cosine':
+            for g in (*run.opt.param_groups, *run.opt_d.param_groups):
+                g['lr'] = t['learning_rate'] * lr_factor(run.step, 0, total)
         gan_on = run.step >= t['disc_start']
         try:
             loss, rec, q_loss = train_step(run.model, run.disc, x, t, gan_on, run.amp, run.scaler, t['accum_grad'],
@@ -314,8 +325,8 @@ def train_epoch(run, data, t, args, device, start):
         bar.set_postfix(loss=f"{loss.item():.4f}", rec=f"{rec.item():.4f}", step=run.step)
         stop = ((args.max_steps is not None and run.step >= args.max_steps)
                 or (args.max_minutes is not None and time.time() - start > 60 * args.max_minutes))
-        if stop:
-            break
+        if stop and i + 1 < len(data.train):  # at the last batch, let the loader finish: its sampler draws once
+            break                               # more at the end, and a resume must find the straight run's RNG
     return {f'train_{k}': v / max(n_batches, 1) for k, v in sums.items()}, stop
 
 

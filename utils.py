@@ -4,6 +4,7 @@ The data (images, masks, datasets) is dataset.py's; figures are plots.py's.
 """
 import contextlib
 import hashlib
+import math
 import os
 import random
 
@@ -220,6 +221,13 @@ def load_state_dict_checked(module, state_dict, source):
 
 
 # ----------------------------------------------------------------------------- runs
+
+def lr_factor(step, warmup, total):
+    """Linear warmup over `warmup` steps, then cosine decay to 0 at `total` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
 
 def seed_everything(seed):
     random.seed(seed)

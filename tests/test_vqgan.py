@@ -327,3 +327,55 @@ def test_decoder_only_fine_tune_keeps_every_code(setup, straight_run):
     with pytest.raises(ValueError, match='give one of them'):
         training_vqgan.train(training_vqgan.parse_args(
             run_args(setup, 'dec2', '--init-from', str(start), '--resume', str(start))))
+
+
+def variant_config(setup, name, **train):
+    """The tiny config with some train: keys changed, GAN off (these tests look at the schedule and the data)."""
+    d, cfg = setup
+    c = yaml.safe_load(cfg.read_text())
+    c['train'].update(disc_start=10**6, **train)
+    path = d / f'{name}.yml'
+    path.write_text(yaml.safe_dump(c))
+    return ['--config', str(path), '--run-dir', str(d / name), '--threads', '1']
+
+
+def test_cosine_schedule_sets_each_steps_rate_and_survives_resume(setup, monkeypatch):
+    """lr_schedule: cosine: step s of S trains at lr * (1 + cos(pi s / S)) / 2 (closed form here, not the code's
+    helper); a run stopped after epoch 1 and resumed ends where the straight one ends (the rate comes from the step)."""
+    d, _ = setup
+    seen, real = [], training_vqgan.optimiser_step
+    monkeypatch.setattr(training_vqgan, 'optimiser_step',
+                        lambda opt, opt_d, *a: (seen.append(opt.param_groups[0]['lr']), real(opt, opt_d, *a)))
+    args = variant_config(setup, 'cos', lr_schedule='cosine', learning_rate=2e-3, epochs=2)
+    training_vqgan.train(training_vqgan.parse_args(args))
+    total = 2 * 4  # 32 images, batch 8
+    assert seen == pytest.approx([2e-3 * 0.5 * (1 + np.cos(np.pi * s / total)) for s in range(total)], rel=1e-12)
+    split = [*args[:2], '--run-dir', str(d / 'cos_split'), '--threads', '1']
+    training_vqgan.train(training_vqgan.parse_args([*split, '--max-steps', '4']))
+    seen.clear()
+    out = training_vqgan.train(training_vqgan.parse_args([*split, '--resume', str(d / 'cos_split' / 'last.pt')]))
+    assert out['step'] == 8 and seen == pytest.approx([2e-3 * 0.5 * (1 + np.cos(np.pi * s / total))
+                                                       for s in range(4, 8)], rel=1e-12)
+    a, b = load_checkpoint(d / 'cos' / 'last.pt')['model'], load_checkpoint(d / 'cos_split' / 'last.pt')['model']
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_hflip_shows_each_image_or_its_mirror_and_both_occur(setup, monkeypatch):
+    d, _ = setup
+    batches, real = [], training_vqgan.train_step
+    monkeypatch.setattr(training_vqgan, 'train_step', lambda m, disc, x, *a: (batches.append(x.clone()),
+                                                                              real(m, disc, x, *a))[1])
+    training_vqgan.train(training_vqgan.parse_args(variant_config(setup, 'flip', hflip=True, epochs=1)))
+    x = torch.cat(batches)                                                    # [32, 3, 32, 32], training order
+    ds = training_vqgan.ImageDataset(d / 'train', 1.0, *training_vqgan.data_stats(load_config(d / 'flip.yml'), 'train'))
+    ref = torch.stack([ds[i] for i in range(len(ds))])                        # [32, 3, 32, 32], file order
+    plain = (x[:, None] - ref[None]).abs().flatten(2).amax(-1) < 1e-6        # [seen, file]
+    mirror = (x[:, None] - ref[None].flip(-1)).abs().flatten(2).amax(-1) < 1e-6
+    assert (plain | mirror).any(1).all()         # every batch image is a training image or its mirror
+    assert plain.any(1).sum() >= 4 and (mirror & ~plain).any(1).sum() >= 4  # both happen (P[fail] < 1e-5)
+
+
+def test_unknown_lr_schedule_is_a_one_line_error_naming_the_key(setup, capsys):
+    with pytest.raises(SystemExit) as e:
+        training_vqgan.main(variant_config(setup, 'badlr', lr_schedule='step'))
+    assert 'train.lr_schedule' in str(e.value) and "'step'" in str(e.value)
