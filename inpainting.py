@@ -171,8 +171,9 @@ def parse_args(argv=None):
     return args
 
 
-def load_maskgit(args, device):
-    """(MaskGit with its VQGAN and trained transformer on `device`, config dict)."""
+def load_maskgit(args, device, transformer=True):
+    """(MaskGit with its VQGAN and trained transformer on `device`, config dict); with transformer=False the
+    transformer stays untrained and no checkpoint is read (what uses the tokenizer alone, e.g. its rFID)."""
     cfg = load_config(args.MaskGitConfig)
     mp = cfg.get('model_param')
     if not isinstance(mp, dict) or 'VQ_Configs' not in mp:
@@ -180,6 +181,8 @@ def load_maskgit(args, device):
     vq = mp['VQ_Configs']
     vqgan = load_vqgan(vq['VQ_config_path'], args.vqgan_ckpt or vq.get('VQ_CKPT_path'), device)
     model = MaskGit(mp, vqgan)
+    if not transformer:
+        return model.to(device).eval(), cfg
     ckpt = args.load_transformer_ckpt_path or (cfg.get('checkpoint') or {}).get('path')
     if not ckpt:
         raise ValueError(f"no transformer checkpoint: pass --load-transformer-ckpt-path or set 'checkpoint: path:' "

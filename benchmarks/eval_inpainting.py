@@ -114,7 +114,7 @@ def main(argv=None):
     out_dir = a.out or os.path.join('results', f'eval_{a.split}')
     runs = parse_runs(a.runs, a.seed)
     device = resolve_device(None if a.device == 'auto' else a.device)
-    model, cfg = inpainting.load_maskgit(a, device)
+    model, cfg = inpainting.load_maskgit(a, device, transformer=bool(runs))  # baselines alone: no transformer
     settings = {name: inpainting.decoding_settings(ns, cfg['model_param']) for name, (_, ns) in runs.items()}
     mean, std = data_stats(cfg, 'test')
     img_dir, mask_dir, gt_dir = (os.path.join(a.data, d) for d in SPLITS[a.split])

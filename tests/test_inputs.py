@@ -17,8 +17,9 @@ from PIL import Image
 import inpainting
 import training_vqgan
 import utils
-from conftest import IMG
+from conftest import IMG, INPAINT_VQ
 from dataset import PairedTestDataset
+from models.vqgan import VQGAN
 from utils import atomic_open, atomic_save, load_checkpoint, save_checkpoint
 
 IDS = (1, 2, 5)
@@ -291,3 +292,16 @@ def test_training_vqgan_checkpoints_have_sidecars(tmp_path):
         path = tmp_path / 'run' / name
         digest, base = Path(f'{path}.sha256').read_text().split()
         assert base == name and digest == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_tokenizer_alone_loads_without_a_transformer_checkpoint(lab):
+    """eval_inpainting.py with baselines only (a tokenizer's rFID before any transformer is trained on its codes):
+    load_maskgit(transformer=False) reads no transformer checkpoint; the default still demands one."""
+    args = inpainting.parse_args(['--MaskGitConfig', str(lab / 'mg.yml'), '--device', 'cpu'])  # no checkpoint: path
+    with pytest.raises(ValueError, match='no transformer checkpoint'):
+        inpainting.load_maskgit(args, torch.device('cpu'))
+    model, _ = inpainting.load_maskgit(args, torch.device('cpu'), transformer=False)
+    ref = VQGAN(INPAINT_VQ)
+    ref.load_state_dict(torch.load(lab / 'vq.pt', weights_only=True))
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(model.vqgan.encode_indices(x), ref.eval().encode_indices(x))
