@@ -37,8 +37,9 @@ from tqdm import tqdm
 
 from dataset import ImageDataset, MaskDataset, class_names, data_stats, image_labels, list_images, read_labels
 from models.maskgit import MaskGit, masked_accuracy, mvtm_loss, transformer_state_dict
+from models.transformer import remap_codes
 from models.masks import latent_mask, pixel_mask_bank
-from models.token_cache import load_context_tokens, load_tokens, vqgan_meta
+from models.token_cache import encode_folder, load_context_tokens, load_tokens, vqgan_meta
 from models.vqgan import load_vqgan
 from plots import plot_curves
 from utils import (atomic_open, export_checkpoint, load_checkpoint, load_config, load_state_dict_checked, lr_factor,
@@ -93,6 +94,9 @@ def parse_args(argv=None):
     p.add_argument('--init-from', default=None, metavar='CKPT',
                    help='start from these transformer weights (a state_dict or train_state.pt) with a fresh '
                         'optimizer and schedule, e.g. to fine-tune the shipped model')
+    p.add_argument('--init-codes-from', default=None, metavar='MASKGIT_CONFIG',
+                   help="with --init-from trained on another tokenizer: that tokenizer's MaskGit config (its "
+                        "VQ_Configs); its codes are mapped onto this run's by co-occurrence on the training images")
     p.add_argument('--labels', default=None, metavar='JSON',
                    help="image -> class file of a conditional model (Transformer_param num_classes) (default: "
                         "labels.json beside --train_d_path, as prepare_dataset.py writes it)")
@@ -156,7 +160,23 @@ def read_configs(args):
     if not os.path.isfile(vq_ckpt):
         raise FileNotFoundError(f"VQGAN checkpoint not found: {vq_ckpt} (train one with training_vqgan.py "
                                 f"or pass --vqgan-ckpt)")
+    if args.init_codes_from and not args.init_from:
+        raise ValueError("--init-codes-from maps the codes of --init-from's weights: give --init-from too")
     return cfg, s, VQ(vq_cfg_path, vq_cfg, vq_ckpt)
+
+
+def init_code_tokens(args, proc):
+    """--init-codes-from: the training images' tokens [S, N] (with flips, data.train's order) under that MaskGit
+    config's tokenizer, the one --init-from was trained on."""
+    vq = (load_config(args.init_codes_from).get('model_param') or {}).get('VQ_Configs') or {}
+    if not vq.get('VQ_config_path') or not vq.get('VQ_CKPT_path'):
+        raise ValueError(f"--init-codes-from {args.init_codes_from}: no model_param.VQ_Configs with VQ_config_path "
+                         f"and VQ_CKPT_path")
+    vq_cfg = load_config(vq['VQ_config_path'])
+    meta = vqgan_meta(vq_cfg, vq['VQ_CKPT_path'])
+    vqgan = load_vqgan(vq['VQ_config_path'], vq['VQ_CKPT_path'], proc.device, cfg=vq_cfg)
+    return encode_folder(vqgan, args.train_d_path, args.partial, True, meta['mean'], meta['std'],
+                         num_workers=args.num_workers).flatten(0, 1)
 
 
 # ----------------------------------------------------------------------------- processes
@@ -500,15 +520,16 @@ def check_before_save(run, args, val_loss):
                                f"checkpoints ({args.checkpoint_path}, {state_path(args)}) are untouched")
 
 
-def build(args, mp, s, proc, scaler, steps_per_epoch, names=None):
+def build(args, mp, s, proc, scaler, steps_per_epoch, names=None, code_tokens=None):
     """The model and its optimizer, from scratch or from the checkpoint the flags name (resume), then wrapped.
-    names: a conditional model's class names (saved with its weights)."""
+    names: a conditional model's class names (saved with its weights); code_tokens: (this run's, --init-from's
+    tokenizer's) tokens of the training images, for --init-codes-from."""
     seed_everything(args.seed)  # here: whether the cache was just built must not change the initial weights
     raw = MaskGit(mp).to(proc.device)
     if names is not None:
         raw.transformer.class_emb.names = names
     run = Run(raw, make_optimizer(raw, s, proc.device), scaler, steps_per_epoch)
-    resume(run, args, proc)
+    resume(run, args, proc, code_tokens)
     if names is not None and raw.transformer.class_emb.names != names:
         raise ValueError(f"the checkpoint's classes ({', '.join(raw.transformer.class_emb.names or ['none named'])}) "
                          f"are not the labels file's ({', '.join(names)})")
@@ -518,9 +539,10 @@ def build(args, mp, s, proc, scaler, steps_per_epoch, names=None):
     return run
 
 
-def resume(run, args, proc):
+def resume(run, args, proc, code_tokens=None):
     """--resume: everything from train_state.pt; --start-from-epoch N (the course's): the weights of
-    --checkpoint-path, a fresh optimizer, epochs N+1..; --init-from: weights only, from step 0."""
+    --checkpoint-path, a fresh optimizer, epochs N+1..; --init-from: weights only, from step 0 (their codes
+    mapped onto this tokenizer's with code_tokens, see remap_codes)."""
     if args.resume:
         path = state_path(args) if args.resume == 'auto' else args.resume
         ckpt = load_checkpoint(path)
@@ -538,7 +560,13 @@ def resume(run, args, proc):
         run.epoch, run.step = args.start_from_epoch, args.start_from_epoch * run.steps_per_epoch
         run.rows = read_log(out_dir(args), args.start_from_epoch)
     elif args.init_from:
-        sd, added = run.raw.transformer.with_class_embedding(transformer_state_dict(load_checkpoint(args.init_from)))
+        sd = transformer_state_dict(load_checkpoint(args.init_from))
+        if code_tokens is not None:
+            k_old = sd['tok_emb.weight'].shape[0] - 1
+            sd, m = remap_codes(sd, *code_tokens, run.raw.num_codebook_vectors)
+            proc.log(f"codes of {args.init_from} mapped onto this tokenizer's: its {k_old} codes give "
+                     f"{m.unique().numel()} starting points to these {len(m)}")
+        sd, added = run.raw.transformer.with_class_embedding(sd)
         if added:
             proc.log(f"note: {args.init_from} is unconditional: the class embedding starts at zero, so the model "
                      f"starts as that one")
@@ -624,8 +652,9 @@ def main(argv=None):
     autocast, scaler = amp_setup(device, args.amp)
     proc = Proc(world, rank, device, autocast)
     data = load_data(args, s, vq, proc, classes)
+    code_tokens = (data.train, init_code_tokens(args, proc)) if args.init_codes_from else None
     run = build(args, cfg['model_param'], s, proc, scaler, count_steps(args, s, data, world),
-                None if classes is None else classes[0])
+                None if classes is None else classes[0], code_tokens)
     proc.log(f"{len(data.train)} train / {len(data.val)} val sequences, {run.steps_per_epoch} steps per epoch, "
              f"{sum(p.numel() for p in run.raw.transformer.parameters()) / 1e6:.1f}M parameters, "
              + (f"{len(classes[0])} classes (cond_drop {s['cond_drop']}), " if classes else "")

@@ -195,3 +195,29 @@ def check_guidance(transformer, cfg_scale, config):
     """One-line ValueError for guidance (--cfg-scale > 0) asked of an unconditional model (built from config)."""
     if cfg_scale > 0:
         require_classes(transformer, f"--cfg-scale {cfg_scale}", config, 'guidance')
+
+
+def remap_codes(state_dict, new_tokens, old_tokens, k_new):
+    """A transformer state dict over an old tokenizer's K_old codes moved onto a new tokenizer's k_new codes, to
+    start training on the new codes from what the old model knows (--init-codes-from).
+
+    new_tokens, old_tokens [S, N]: the two tokenizers' tokens of the same images. New code j takes the input
+    embedding of the old code i = m(j) it most often shares a position with, and the output bias of i plus
+    log p(j | i), p(j | i) = n_j / sum of n_j' over the new codes j' with m(j') = i (counts + 1): the tied head then
+    gives each group of new codes exactly the probability the old model gave its old code. The mask token (last
+    row) keeps its embedding; every other weight is copied. Returns (state dict, m [k_new] long)."""
+    tok, bias = state_dict['tok_emb.weight'], state_dict['bias']                   # [K_old+1, C], [N, K_old+1]
+    k_old = tok.shape[0] - 1
+    if new_tokens.shape != old_tokens.shape:
+        raise ValueError(f"tokens of the two tokenizers differ in shape: {tuple(new_tokens.shape)} and "
+                         f"{tuple(old_tokens.shape)}")
+    pairs = new_tokens.long().flatten() * k_old + old_tokens.long().flatten()
+    counts = torch.bincount(pairs, minlength=k_new * k_old).view(k_new, k_old)     # [k_new, K_old]
+    m = counts.argmax(1)                                                            # [k_new]
+    n = counts.sum(1).double() + 1                                                  # [k_new], unseen codes: 1
+    group = torch.zeros(k_old, dtype=torch.float64).index_add_(0, m, n)            # [K_old]
+    log_p = (n / group[m]).log().to(bias.dtype)                                     # log p(j | m(j))
+    out = dict(state_dict)
+    out['tok_emb.weight'] = torch.cat([tok[m], tok[-1:]])                           # [k_new+1, C]
+    out['bias'] = torch.cat([bias[:, m] + log_p, bias[:, -1:]], 1)                  # [N, k_new+1]
+    return out, m

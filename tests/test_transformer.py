@@ -405,3 +405,84 @@ def test_a_run_parses_the_vqgan_config_and_hashes_its_checkpoint_once(lab, tmp_p
     tt.main(run_args(lab, tmp_path, '--cache-dir', str(tmp_path / 'cache'), '--epochs', '1'))
     assert (tmp_path / 'log.csv').is_file() and len(os.listdir(tmp_path / 'cache')) == 2
     assert parsed.count('vq.yml') == 1 and parsed.count('mg.yml') == 1 and hashed.count('vq.pt') == 1, (parsed, hashed)
+
+
+# ----------------------------------------------------------------------------- a transformer moved onto new codes
+
+def test_remap_codes_gives_each_group_of_new_codes_the_old_codes_probability():
+    """New code 2i or 2i+1 stands for old code i: the remapped model, read on the new tokens, gives each pair
+    exactly the probability the old model gave i on the old tokens (tied head + log p(j | i) in the bias)."""
+    from models.transformer import remap_codes
+    torch.manual_seed(0)
+    old = BidirectionalTransformer(tiny_mp(k=8)['Transformer_param']).eval()
+    old.bias.data.normal_(0, 1)
+    new = BidirectionalTransformer(tiny_mp(k=16)['Transformer_param']).eval()
+    old_tokens = torch.randint(0, 8, (64, N))
+    new_tokens = 2 * old_tokens + (torch.rand(64, N) < 0.3).long()                 # 2i+1 rarer than 2i
+    sd, m = remap_codes(old.state_dict(), new_tokens, old_tokens, 16)
+    assert m.tolist() == [j // 2 for j in range(16)]
+    new.load_state_dict(sd)
+    x_old, x_new = old_tokens[:4].clone(), new_tokens[:4].clone()
+    x_old[:, ::3], x_new[:, ::3] = 8, 16                                             # some masked positions
+    with torch.no_grad():
+        p_old = old(x_old).softmax(-1)                                               # [4, N, 9]
+        p_new = new(x_new).softmax(-1)                                               # [4, N, 17]
+    grouped = torch.cat([p_new[..., :16].unflatten(-1, (8, 2)).sum(-1), p_new[..., 16:]], -1)
+    torch.testing.assert_close(grouped, p_old, atol=1e-6, rtol=1e-5)
+    n0, n1 = [(new_tokens == j).sum().item() + 1 for j in (0, 1)]                  # counts + 1, as documented
+    ratio = (p_new[..., 1] / p_new[..., 0]).flatten()
+    torch.testing.assert_close(ratio, torch.full_like(ratio, n1 / n0), rtol=1e-4, atol=0)
+
+
+def test_remap_codes_matches_a_naive_count_and_refuses_mismatched_tokens():
+    from models.transformer import remap_codes
+    g = torch.Generator().manual_seed(1)
+    old_tokens, new_tokens = torch.randint(0, 5, (20, 6), generator=g), torch.randint(0, 7, (20, 6), generator=g)
+    sd = {'tok_emb.weight': torch.randn(6, 3, generator=g), 'bias': torch.randn(6, 6, generator=g), 'x': torch.ones(1)}
+    out, m = remap_codes(sd, new_tokens, old_tokens, 7)
+    for j in range(7):
+        counts = [0] * 5
+        for a, b in zip(new_tokens.flatten().tolist(), old_tokens.flatten().tolist()):
+            counts[b] += a == j
+        i = counts.index(max(counts))                                                # first maximum, as argmax
+        assert m[j] == i and torch.equal(out['tok_emb.weight'][j], sd['tok_emb.weight'][i])
+    assert torch.equal(out['tok_emb.weight'][7], sd['tok_emb.weight'][5])             # the mask token
+    assert torch.equal(out['bias'][:, 7], sd['bias'][:, 5]) and out['x'] is sd['x']
+    with pytest.raises(ValueError, match='differ in shape'):
+        remap_codes(sd, new_tokens[:5], old_tokens, 7)
+
+
+def test_init_codes_from_starts_a_new_tokenizer_run_from_the_old_model(lab, tmp_path):
+    """--init-from a model of the lab's 16-code tokenizer, --init-codes-from its config, on a 32-code tokenizer,
+    at learning rate 0: the saved weights are the old ones with every new code on an old code's embedding and
+    bias offsets log p(j | i) that sum to 1 over each old code's group."""
+    cfg = yaml.safe_load((lab / 'mg.yml').read_text())
+    vq32 = dict(TINY_VQ, num_codebook_vectors=32)
+    (tmp_path / 'vq32.yml').write_text(yaml.safe_dump({'model_param': vq32}))
+    torch.manual_seed(1)
+    torch.save(VQGAN(vq32).state_dict(), tmp_path / 'vq32.pt')
+    mp = tiny_mp(dropout=0.1, k=32)
+    mp['VQ_Configs'] = dict(VQ_config_path=str(tmp_path / 'vq32.yml'), VQ_CKPT_path=str(tmp_path / 'vq32.pt'))
+    (tmp_path / 'mg32.yml').write_text(yaml.safe_dump({'model_param': mp, 'train': dict(cfg['train'], epochs=1,
+                                                                                          learning_rate=0.0)}))
+    torch.manual_seed(2)
+    old = MaskGit(tiny_mp(dropout=0.1)).transformer.state_dict()
+    old['bias'].normal_(0, 1)
+    torch.save(old, tmp_path / 'old.pt')
+    args = ['--MaskGitConfig', str(tmp_path / 'mg32.yml'), '--train_d_path', str(lab / 'train'), '--val_d_path',
+            str(lab / 'val'), '--checkpoint-path', str(tmp_path / 'run' / 'last_ckpt.pt'), '--device', 'cpu',
+            '--num_workers', '0', '--init-from', str(tmp_path / 'old.pt')]
+    with pytest.raises(ValueError, match='give --init-from too'):
+        tt.main([a for a in args if a not in ('--init-from', str(tmp_path / 'old.pt'))] +
+                ['--init-codes-from', str(lab / 'mg.yml')])
+    tt.main(args + ['--init-codes-from', str(lab / 'mg.yml')])
+    new = load_checkpoint(tmp_path / 'run' / 'last_ckpt.pt')
+    emb_old, emb_new = old['tok_emb.weight'], new['tok_emb.weight']                   # [17, C], [33, C]
+    m = torch.cdist(emb_new[:32].float(), emb_old[:16]).argmin(1)                     # which old row each copies
+    torch.testing.assert_close(emb_new[:32].float(), emb_old[m])
+    torch.testing.assert_close(emb_new[32], emb_old[16])
+    offset = new['bias'][:, :32] - old['bias'][:, m]                                  # [N, 32]: log p(j | m(j))
+    torch.testing.assert_close(offset, offset[:1].expand_as(offset), atol=1e-5, rtol=0)
+    group = torch.zeros(16).index_add_(0, m, offset[0].exp())
+    torch.testing.assert_close(group[m.unique()], torch.ones(m.unique().numel()), atol=1e-5, rtol=0)
+    assert all(torch.equal(new[k], old[k]) for k in old if k not in ('tok_emb.weight', 'bias'))
