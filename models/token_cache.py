@@ -40,7 +40,8 @@ def tokenizer_sha256(vq_ckpt_path):
     for k in sorted(k for k in sd if k.startswith(TOKENIZER_PREFIXES)):
         t = sd[k].detach().cpu().contiguous()
         h.update(f"{k}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b'')
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b'')  # flat: a 1x1 conv in
+        # channels-last counts as contiguous with a last stride != 1, which view(uint8) refuses
     return h.hexdigest()
 
 

@@ -486,3 +486,16 @@ def test_init_codes_from_starts_a_new_tokenizer_run_from_the_old_model(lab, tmp_
     group = torch.zeros(16).index_add_(0, m, offset[0].exp())
     torch.testing.assert_close(group[m.unique()], torch.ones(m.unique().numel()), atol=1e-5, rtol=0)
     assert all(torch.equal(new[k], old[k]) for k in old if k not in ('tok_emb.weight', 'bias'))
+
+
+def test_tokenizer_hash_of_a_channels_last_checkpoint_equals_the_plain_ones(tmp_path):
+    """A 1x1 conv weight saved channels-last (as a model moved to channels_last exports it) is 'contiguous' with
+    a last stride of 64: the hash must read its values, not refuse it, and equal the plain copy's."""
+    torch.manual_seed(0)
+    sd = VQGAN(TINY_VQ).state_dict()
+    plain = {k: v.half() for k, v in sd.items()}
+    cl = {k: (v.to(memory_format=torch.channels_last) if v.dim() == 4 else v).half() for k, v in sd.items()}
+    assert cl['quant_conv.weight'].stride()[-1] != 1
+    torch.save(plain, tmp_path / 'plain.pt')
+    torch.save(cl, tmp_path / 'cl.pt')
+    assert tokenizer_sha256(tmp_path / 'cl.pt') == tokenizer_sha256(tmp_path / 'plain.pt')
