@@ -36,7 +36,7 @@ from utils import (export_checkpoint, load_checkpoint, load_config, load_state_d
 TRAIN_DEFAULTS = dict(batch_size=16, accum_grad=1, learning_rate=2.25e-4, betas=[0.5, 0.9], epochs=10,
                       l1_weight=1.0, l2_weight=1.0, disc_start=2000, disc_weight=0.5,
                       disc_config='configs/Discriminator.yml', run_dir='runs/vqgan', lr_schedule='constant',
-                      hflip=False)
+                      hflip=False, grad_weight=0.0)
 LR_SCHEDULES = ('constant', 'cosine')  # cosine: from learning_rate to 0 over the run's epochs, set every step
 CSV_FIELDS = ['epoch', 'step', 'train_loss', 'train_rec', 'train_q', 'val_l1', 'val_psnr', 'usage_pct',
               'perplexity', 'seconds']
@@ -57,6 +57,10 @@ def parse_args(argv=None):
     p.add_argument('--epochs', type=int, default=None)
     p.add_argument('--learning-rate', type=float, default=None)
     p.add_argument('--disc-start', type=int, default=None, help='optimiser steps before the GAN loss')
+    p.add_argument('--lr-schedule', default=None, choices=LR_SCHEDULES, help="default: the config's train.lr_schedule")
+    p.add_argument('--grad-weight', type=float, default=None,
+                   help="weight of the L1 between image gradients (sharpness), default: the config's train.grad_weight")
+    p.add_argument('--hflip', action='store_true', default=None, help='mirror half the training images')
     p.add_argument('--max-steps', type=int, default=None, help='stop (validate, save) after this many steps')
     p.add_argument('--max-minutes', type=float, default=None, help='stop (validate, save) after this long')
     p.add_argument('--run-dir', default=None)
@@ -79,7 +83,8 @@ def train_settings(cfg, args):
     """The config's train: section over TRAIN_DEFAULTS, then the flags given; folders from its data: section."""
     t = {**TRAIN_DEFAULTS, **(cfg.get('train') or {})}
     data = cfg.get('data') or {}
-    for key in ('batch_size', 'accum_grad', 'epochs', 'learning_rate', 'disc_start', 'run_dir'):
+    for key in ('batch_size', 'accum_grad', 'epochs', 'learning_rate', 'disc_start', 'run_dir', 'lr_schedule',
+                'grad_weight', 'hflip'):
         if getattr(args, key) is not None:
             t[key] = getattr(args, key)
     t['train_path'] = args.train_path or data.get('train_path', 'data/openclipart/train')
@@ -90,6 +95,14 @@ def train_settings(cfg, args):
 
 
 # ----------------------------------------------------------------------------- losses, metrics
+
+def gradient_loss(x_hat, x):
+    """Mean L1 between the images' horizontal and vertical differences: blur lowers an edge's gradient, and
+    L1 + L2 alone reward the blurred mean of the edges a code could stand for."""
+    dx = lambda y: y[..., :, 1:] - y[..., :, :-1]  # [B, 3, H, W-1]
+    dy = lambda y: y[..., 1:, :] - y[..., :-1, :]  # [B, 3, H-1, W]
+    return (dx(x_hat) - dx(x)).abs().mean() + (dy(x_hat) - dy(x)).abs().mean()
+
 
 def adaptive_weight(rec_loss, g_loss, last_layer):
     """Balance the GAN term against reconstruction by their gradient norms at the decoder's last layer."""
@@ -184,6 +197,8 @@ def train_step(model, disc, x, t, gan_on, amp, scaler, accum=1, decoder_only=Fal
         else:
             x_hat, _, q_loss = model(x)
         rec = t['l1_weight'] * (x_hat - x).abs().mean() + t['l2_weight'] * (x_hat - x).pow(2).mean()
+        if t['grad_weight']:
+            rec = rec + t['grad_weight'] * gradient_loss(x_hat, x)
         loss = rec + q_loss
         if gan_on:
             disc.requires_grad_(False)  # the generator's GAN term must not touch D's gradients

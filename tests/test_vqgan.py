@@ -379,3 +379,40 @@ def test_unknown_lr_schedule_is_a_one_line_error_naming_the_key(setup, capsys):
     with pytest.raises(SystemExit) as e:
         training_vqgan.main(variant_config(setup, 'badlr', lr_schedule='step'))
     assert 'train.lr_schedule' in str(e.value) and "'step'" in str(e.value)
+
+
+def naive_gradient_l1(a, b):
+    """Mean |d a - d b| over horizontal, plus over vertical, neighbour differences, one pixel at a time."""
+    n, c, h, w = a.shape
+    sx = sum(abs((a[i, k, y, x + 1] - a[i, k, y, x]) - (b[i, k, y, x + 1] - b[i, k, y, x]))
+             for i in range(n) for k in range(c) for y in range(h) for x in range(w - 1))
+    sy = sum(abs((a[i, k, y + 1, x] - a[i, k, y, x]) - (b[i, k, y + 1, x] - b[i, k, y, x]))
+             for i in range(n) for k in range(c) for y in range(h - 1) for x in range(w))
+    return float(sx / (n * c * h * (w - 1)) + sy / (n * c * (h - 1) * w))
+
+
+def test_gradient_loss_matches_a_pixel_loop_and_ignores_a_constant_shift():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 3, 5, 7, generator=g, dtype=torch.float64), torch.randn(2, 3, 5, 7, generator=g, dtype=torch.float64)
+    assert training_vqgan.gradient_loss(a, b).item() == pytest.approx(naive_gradient_l1(a, b), rel=1e-12)
+    assert training_vqgan.gradient_loss(b + 0.3, b).item() == pytest.approx(0, abs=1e-12)  # colour offset: not blur
+    step = torch.zeros(1, 1, 8, 8, dtype=torch.float64)
+    step[..., 4:] = 1.0
+    ramp = torch.linspace(0, 1, 8, dtype=torch.float64).expand(1, 1, 8, 8)  # the step blurred over each row
+    assert training_vqgan.gradient_loss(ramp, step).item() == pytest.approx(12 / 7 / 7, rel=1e-12)
+
+
+def test_grad_weight_adds_its_term_to_the_reconstruction_loss(setup):
+    d, cfg = setup
+    args = training_vqgan.parse_args(['--config', str(cfg), '--grad-weight', '0.5', '--lr-schedule', 'cosine', '--hflip'])
+    t = training_vqgan.train_settings(load_config(cfg), args)
+    assert (t['grad_weight'], t['lr_schedule'], t['hflip']) == (0.5, 'cosine', True)
+    assert training_vqgan.train_settings(load_config(cfg), training_vqgan.parse_args(['--config', str(cfg)]))['grad_weight'] == 0
+    torch.manual_seed(0)
+    model, x = VQGAN(TINY).eval(), torch.rand(2, 3, 32, 32) * 2 - 1
+    amp, scaler = training_vqgan.amp_setup(torch.device('cpu'))
+    recs = [training_vqgan.train_step(model, None, x, {**t, 'grad_weight': w}, False, amp, scaler, decoder_only=True)[1]
+            for w in (0.0, 0.5)]
+    with torch.no_grad():
+        x_hat = model(x)[0].double()
+    assert (recs[1] - recs[0]).item() == pytest.approx(0.5 * naive_gradient_l1(x_hat, x.double()), rel=1e-4)
