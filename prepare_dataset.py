@@ -8,7 +8,10 @@ OUT/train/image_00000.png, OUT/val/..., OUT/test/image_000.png (ground truth), O
 (mode L, 0 = hole, 255 = keep), OUT/masked_image/image_000.png (holes RGB 128), OUT/test_gt.csv,
 OUT/labels.json, and the same for validation (OUT/val_mask64/, OUT/val_masked_image/, OUT/val_gt.csv;
 masks from the same generator on their own seed stream: every choice is made there, never on test).
-Everything is built in OUT.tmp and renamed at the end.
+Near-copies (--near-dup-rms) are grouped and each group kept inside one split. --holdout-classes go whole to
+OUT/holdout/, laid out like val (OUT/holdout_mask64/, OUT/holdout_masked_image/, OUT/holdout_gt.csv).
+OUT/summary.json holds the counts. Everything is built in OUT.tmp and renamed at the end; --out may not be
+the source folder, inside it or above it.
 """
 import argparse
 import gzip
@@ -27,8 +30,11 @@ from tqdm import tqdm
 
 from dataset import IMAGE_EXTS, MASK_FILL, rgb_over_white, write_gt_csv
 from models.masks import make_mask, mask_rng
+from neardup import near_groups, nearest_rms, small_grey
 
 OPENCLIPART_DIR = '/usr/share/openclipart/png'
+# --holdout-classes default for openclipart: animals, vehicles and hand tools, varied drawings of their own (RESULTS.md)
+OPENCLIPART_HOLDOUT = 'animals,tools,transportation'
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 FASHION_MNIST_LABELS = ['t-shirt/top', 'trouser', 'pullover', 'dress', 'coat',
                         'sandal', 'shirt', 'sneaker', 'bag', 'ankle boot']
@@ -54,7 +60,7 @@ def load_source_image(job):
             # The size check below replaces PIL's decompression-bomb guard for this one call only.
             warnings.simplefilter('ignore', Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                if img.width * img.height > max_pixels:
+                if max(img.width, img.height) ** 2 > max_pixels:  # the padded square, before decoding
                     return 'too_large', None
                 img.load()
                 return 'ok', np.asarray(to_square_rgb(img, size))
@@ -134,11 +140,8 @@ def fashion_mnist_records(root, size):
             yield np.asarray(to_square_rgb(Image.fromarray(img, 'L'), size)), FASHION_MNIST_LABELS[lab], split
 
 
-def folder_records(root, size, max_pixels, workers, counts):
-    """Yield (pixels, label, None) for every readable image under `root`; skips are counted."""
-    items = list_source_files(root)
-    if not items:
-        raise ValueError(f"no images found under {root}")
+def folder_records(items, size, max_pixels, workers, counts):
+    """Yield (pixels, label, None) for every readable image of `items` [(path, label)]; skips are counted."""
     jobs = [(p, size, max_pixels) for p, _ in items]
     with Pool(workers) as pool:
         results = pool.imap(load_source_image, jobs, chunksize=16)
@@ -149,31 +152,53 @@ def folder_records(root, size, max_pixels, workers, counts):
                 counts[status] += 1
 
 
-# ----------------------------------------------------------------------------- splitting and writing
-
-def split_by_hash(hashes, official, test_count, val_frac, seed):
-    """Deterministic split by content hash -> {'train': [hash, ...], 'val': [...], 'test': [...]}.
-
-    Membership and order within each split follow sha256(seed, content hash), so neither depends on
-    file names or the listing (test image i and its mask i are the same whatever the source layout).
-    With an official split (Fashion-MNIST) test comes from the official test set, train/val from train.
-    """
-    key = {h: hashlib.sha256(f'{seed}:{h}'.encode()).hexdigest() for h in hashes}
-    if official is None:
-        order = sorted(hashes, key=key.get)
-        test, rest = order[:test_count], order[test_count:]
-    else:
-        test = sorted((h for h in hashes if official[h] == 'test'), key=key.get)[:test_count]
-        rest = sorted((h for h in hashes if official[h] == 'train'), key=key.get)
-    if len(test) < test_count:
-        raise ValueError(f"only {len(test)} images available for the test split, --test-count is {test_count}")
-    n_val = int(round(len(rest) * val_frac))
-    return {'train': rest[n_val:], 'val': rest[:n_val], 'test': test}
+def source_root(args):
+    """The folder the images come from (Fashion-MNIST's idx files included)."""
+    if args.source == 'fashion-mnist':
+        return os.path.abspath(args.fashion_mnist_dir)
+    return os.path.abspath(OPENCLIPART_DIR if args.source == 'openclipart' else args.source)
 
 
-def save_png(array_or_img, path):
-    img = array_or_img if isinstance(array_or_img, Image.Image) else Image.fromarray(array_or_img)
-    img.save(path, format='PNG')
+def open_source(args, root, counts):
+    """-> (records iterator, known class names). One-line error for a missing/empty source; nothing decoded yet."""
+    if args.source == 'fashion-mnist':
+        return fashion_mnist_records(root, args.image_size), FASHION_MNIST_LABELS
+    if not os.path.isdir(root):
+        hint = " (install it with: apt-get install -y openclipart-png)" if args.source == 'openclipart' else ""
+        raise FileNotFoundError(f"source folder not found: {root}{hint}")
+    items = list_source_files(root)
+    if not items:
+        raise ValueError(f"no images found under {root}")
+    classes = sorted({label for _, label in items if label is not None})
+    return folder_records(items, args.image_size, args.max_pixels, args.workers, counts), classes
+
+
+def holdout_classes(args, known):
+    """--holdout-classes as a set; one-line error naming the flag for a class that is not a top-level folder."""
+    names = OPENCLIPART_HOLDOUT if args.holdout_classes is None and args.source == 'openclipart' else \
+        args.holdout_classes or ''
+    wanted = {n.strip() for n in names.split(',') if n.strip()}
+    unknown = sorted(wanted - set(known))
+    if unknown:
+        raise ValueError(f"--holdout-classes: unknown class {', '.join(unknown)} (known: {', '.join(known) or 'none'})")
+    return wanted
+
+
+# ----------------------------------------------------------------------------- output folder
+
+def check_out(out, root, overwrite):
+    """Refuse an --out that would destroy or re-read the source, or a non-empty one without --overwrite.
+
+    out, out.tmp and out.old are removed or replaced, so none may be, contain, or lie inside the source
+    (real paths: a symlink to the source is the source). Inside it, a rebuild would read its own output."""
+    src = os.path.realpath(root)
+    for p in (out, out + '.tmp', out + '.old'):
+        real = os.path.realpath(p)
+        if os.path.commonpath([real, src]) in (real, src):
+            raise ValueError(f"--out {out} is, contains or lies inside the source folder {root} "
+                             f"(it would be deleted or read back): choose an output folder outside it")
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)) and not overwrite:
+        raise FileExistsError(f"output folder {out} is not empty (use --overwrite to replace it)")
 
 
 def _remove(path):
@@ -184,68 +209,9 @@ def _remove(path):
         os.remove(path)
 
 
-def build(args):
-    out = os.path.abspath(args.out)
-    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)) and not args.overwrite:
-        raise FileExistsError(f"output folder {out} is not empty (use --overwrite to replace it)")
-    tmp = out + '.tmp'
-    if os.path.exists(tmp):  # left over from a crashed run: never reused
-        shutil.rmtree(tmp)
-
-    counts = {'too_large': 0, 'unreadable': 0, 'duplicates': 0}
-    if args.source == 'fashion-mnist':
-        records = fashion_mnist_records(args.fashion_mnist_dir, args.image_size)
-    else:
-        root = OPENCLIPART_DIR if args.source == 'openclipart' else args.source
-        if not os.path.isdir(root):
-            hint = " (install it with: apt-get install -y openclipart-png)" if args.source == 'openclipart' else ""
-            raise FileNotFoundError(f"source folder not found: {root}{hint}")
-        records = folder_records(root, args.image_size, args.max_pixels, args.workers, counts)
-
-    pixels, labels, official = {}, {}, {}
-    for px, label, split in records:  # dedupe on the preprocessed pixels
-        h = hashlib.sha256(px.tobytes()).hexdigest()
-        if h in pixels:
-            counts['duplicates'] += 1
-            continue
-        pixels[h], labels[h], official[h] = px, label, split
-    if not pixels:
-        raise ValueError(f"no readable images in the source ({counts['unreadable']} unreadable, "
-                         f"{counts['too_large']} over --max-pixels)")
-    members = split_by_hash(list(pixels), official if args.source == 'fashion-mnist' else None,
-                            args.test_count, args.val_frac, args.seed)
-
-    for d in ('train', 'val', 'test', 'mask64', 'masked_image'):
-        os.makedirs(os.path.join(tmp, d))
-    label_map = {}
-    for s, width in (('train', 5), ('val', 5)):
-        for i, h in enumerate(tqdm(members[s], desc=f'write {s}')):
-            name = f'{s}/image_{i:0{width}d}.png'
-            save_png(pixels[h], os.path.join(tmp, name))
-            label_map[name] = labels[h]
-    fracs = {}
-    for split, prefix, width in (('test', '', 3), ('val', 'val_', 5)):
-        os.makedirs(os.path.join(tmp, f'{prefix}mask64'), exist_ok=True)
-        os.makedirs(os.path.join(tmp, f'{prefix}masked_image'), exist_ok=True)
-        gt, fracs[split] = [], []
-        for i, h in enumerate(tqdm(members[split], desc=f'write {split} masks')):
-            mask = make_mask(args.image_size, mask_rng(args.seed, split, i), args.hole_min, args.hole_max)
-            hole = np.asarray(mask) == 0
-            masked = pixels[h].copy()
-            masked[hole] = MASK_FILL
-            if split == 'test':
-                save_png(pixels[h], os.path.join(tmp, f'test/image_{i:03d}.png'))
-                label_map[f'test/image_{i:03d}.png'] = labels[h]
-            save_png(mask, os.path.join(tmp, f'{prefix}mask64/mask_{i:0{width}d}.png'))
-            save_png(masked, os.path.join(tmp, f'{prefix}masked_image/image_{i:0{width}d}.png'))
-            gt.append(pixels[h])
-            fracs[split].append(hole.mean())
-        if gt:
-            write_gt_csv(np.stack(gt), os.path.join(tmp, f'{split}_gt.csv'))
-    with open(os.path.join(tmp, 'labels.json'), 'w') as f:
-        json.dump(label_map, f, indent=0, sort_keys=True)
-
-    if os.path.lexists(out):  # replace only once the new dataset is complete
+def replace_out(tmp, out):
+    """Move the finished dataset `tmp` to `out`, replacing what --overwrite allowed only now."""
+    if os.path.lexists(out):
         old = out + '.old'
         _remove(old)
         os.replace(out, old)
@@ -254,17 +220,179 @@ def build(args):
     else:
         os.makedirs(os.path.dirname(out), exist_ok=True)
         os.replace(tmp, out)
-    classes = sorted({l for l in labels.values() if l is not None})
-    return {'out': out, 'train': len(members['train']), 'val': len(members['val']),
-            'test': len(members['test']), 'classes': len(classes),
-            'mean_hole_fraction': float(np.mean(fracs['test'])), **counts}
+
+
+# ----------------------------------------------------------------------------- near-duplicates and splitting
+
+def dedupe(records, counts):
+    """Exact duplicates (same preprocessed pixels) dropped -> {hash: pixels}, {hash: label}, {hash: official split}."""
+    pixels, labels, official = {}, {}, {}
+    for px, label, split in records:
+        h = hashlib.sha256(px.tobytes()).hexdigest()
+        if h in pixels:
+            counts['duplicates'] += 1
+            continue
+        pixels[h], labels[h], official[h] = px, label, split
+    if not pixels:
+        raise ValueError(f"no readable images in the source ({counts['unreadable']} unreadable, "
+                         f"{counts['too_large']} over --max-pixels)")
+    return pixels, labels, official
+
+
+def hash_order(hashes, seed):
+    """Hashes sorted by sha256(seed, content hash): split membership and order follow it, never file names."""
+    key = {h: hashlib.sha256(f'{seed}:{h}'.encode()).hexdigest() for h in hashes}
+    return sorted(hashes, key=key.get)
+
+
+def grey(pixels, order):
+    return small_grey([Image.fromarray(pixels[h]) for h in order])  # [N, 1024] levels 0..255
+
+
+def near_dup_groups(pixels, order, threshold):
+    """Near-copies (32x32 grey RMS < threshold, linked transitively) as groups [[hash, ...], ...]; groups and
+    members follow `order`, so a group sits at its first member. threshold <= 0: one image a group."""
+    if threshold <= 0:
+        return [[h] for h in order]
+    ids = near_groups(grey(pixels, order), threshold)  # a group's id is its first row
+    groups = {}
+    for h, g in zip(order, ids):
+        groups.setdefault(g, []).append(h)
+    return list(groups.values())
+
+
+def take_groups(groups, count):
+    """Whole groups, in order, while they fit in `count` images; a group that would overflow is passed over
+    for the next one (so the count is met exactly when small groups remain). -> (taken, left)."""
+    taken, left, n = [], [], 0
+    for g in groups:
+        if n + len(g) <= count:
+            taken.append(g)
+            n += len(g)
+        else:
+            left.append(g)
+    return taken, left
+
+
+def assign_splits(groups, labels, official, holdout, test_count, val_frac):
+    """Groups -> {'train', 'val', 'test', 'holdout': [hash, ...]}, every group inside one split.
+
+    A group of --holdout-classes images only is held out. In a group that mixes held-out and other classes
+    (a near-blank or pattern family spanning classes), the held-out classes' images are dropped ('dropped')
+    and the rest stays: the holdout split then holds no near-copy of a trained image, and one big mixed group
+    does not drag whole classes out of training. With an official split (Fashion-MNIST: `official` not None,
+    one image a group) test comes from the official test set, train/val from train."""
+    out = lambda g: [h for g_ in g for h in g_ if labels[h] in holdout]
+    held = [g for g in groups if all(labels[h] in holdout for h in g)]
+    mixed = [g for g in groups if not all(labels[h] in holdout for h in g)]
+    dropped = out(mixed)
+    rest = [[h for h in g if labels[h] not in holdout] for g in mixed]
+    if official is not None:
+        test_pool = [g for g in rest if official[g[0]] == 'test']
+        rest = [g for g in rest if official[g[0]] == 'train']
+    else:
+        test_pool = rest
+    test, left = take_groups(test_pool, test_count)
+    n_test, n_pool = sum(map(len, test)), sum(map(len, test_pool))
+    if n_pool < test_count:
+        raise ValueError(f"only {n_pool} images available for the test split, --test-count is {test_count}")
+    if n_test < test_count:
+        raise ValueError(f"near-duplicate groups are too large to fill --test-count {test_count} exactly "
+                         f"(got {n_test}): lower --near-dup-rms")
+    if official is None:
+        rest = left
+    val, train = take_groups(rest, int(round(sum(map(len, rest)) * val_frac)))
+    flat = lambda gs: [h for g in gs for h in g]
+    return {'train': flat(train), 'val': flat(val), 'test': flat(test), 'holdout': flat(held), 'dropped': dropped}
+
+
+def cross_split_near(pixels, members, threshold):
+    """Test images with a train/val image within `threshold` (reported for an official split, never moved)."""
+    if threshold <= 0 or not members['test']:
+        return 0
+    seen = grey(pixels, members['train'] + members['val'])
+    return int((nearest_rms(grey(pixels, members['test']), seen) < threshold).sum())
+
+
+# ----------------------------------------------------------------------------- writing
+
+MASKED_PREFIX = {'test': '', 'val': 'val_', 'holdout': 'holdout_'}  # splits with fixed masks: their folders
+
+
+def save_png(array_or_img, path):
+    img = array_or_img if isinstance(array_or_img, Image.Image) else Image.fromarray(array_or_img)
+    img.save(path, format='PNG')
+
+
+def write_split(tmp, split, hashes, pixels, labels, label_map, args):
+    """A split's images (labels into label_map) and, for test/val/holdout, their fixed masks, masked images and
+    GT CSV. Returns the hole fractions of its masks."""
+    width = 3 if split == 'test' else 5
+    os.makedirs(os.path.join(tmp, split))
+    for i, h in enumerate(tqdm(hashes, desc=f'write {split}')):
+        name = f'{split}/image_{i:0{width}d}.png'
+        save_png(pixels[h], os.path.join(tmp, name))
+        label_map[name] = labels[h]
+    if split not in MASKED_PREFIX:
+        return []
+    prefix = MASKED_PREFIX[split]
+    os.makedirs(os.path.join(tmp, f'{prefix}mask64'))
+    os.makedirs(os.path.join(tmp, f'{prefix}masked_image'))
+    fracs = []
+    for i, h in enumerate(hashes):
+        mask = make_mask(args.image_size, mask_rng(args.seed, split, i), args.hole_min, args.hole_max)
+        hole = np.asarray(mask) == 0
+        masked = pixels[h].copy()
+        masked[hole] = MASK_FILL
+        save_png(mask, os.path.join(tmp, f'{prefix}mask64/mask_{i:0{width}d}.png'))
+        save_png(masked, os.path.join(tmp, f'{prefix}masked_image/image_{i:0{width}d}.png'))
+        fracs.append(hole.mean())
+    if hashes:
+        write_gt_csv(np.stack([pixels[h] for h in hashes]), os.path.join(tmp, f'{split}_gt.csv'))
+    return fracs
+
+
+def build(args):
+    out, root = os.path.abspath(args.out), source_root(args)
+    check_out(out, root, args.overwrite)
+    counts = {'too_large': 0, 'unreadable': 0, 'duplicates': 0}
+    records, known = open_source(args, root, counts)
+    holdout = holdout_classes(args, known)
+
+    pixels, labels, official = dedupe(records, counts)
+    order = hash_order(list(pixels), args.seed)
+    fashion = args.source == 'fashion-mnist'
+    # Fashion-MNIST keeps its official split: its near-copies across it are only counted
+    groups = near_dup_groups(pixels, order, 0 if fashion else args.near_dup_rms)
+    members = assign_splits(groups, labels, official if fashion else None, holdout, args.test_count, args.val_frac)
+    merged = [g for g in groups if len(g) > 1]
+
+    tmp = out + '.tmp'
+    _remove(tmp)  # left over from a crashed run: never reused
+    label_map, fracs = {}, {}
+    for split in ('train', 'val', 'test', 'holdout'):
+        if members[split] or split != 'holdout':  # no holdout folders without held-out classes
+            fracs[split] = write_split(tmp, split, members[split], pixels, labels, label_map, args)
+    summary = {**{s: len(members[s]) for s in ('train', 'val', 'test', 'holdout')},
+               'classes': len({l for l in labels.values() if l is not None}), 'holdout_classes': sorted(holdout),
+               'near_dup_rms': args.near_dup_rms, 'near_dup_groups': len(merged),
+               'near_dup_images': sum(map(len, merged)), 'holdout_dropped': len(members['dropped']),
+               'test_near_train': cross_split_near(pixels, members, args.near_dup_rms) if fashion else None,
+               'mean_hole_fraction': float(np.mean(fracs['test'])), 'seed': args.seed, **counts}
+    with open(os.path.join(tmp, 'labels.json'), 'w') as f:
+        json.dump(label_map, f, indent=0, sort_keys=True)
+    with open(os.path.join(tmp, 'summary.json'), 'w') as f:
+        json.dump(summary, f, indent=1, sort_keys=True)
+    replace_out(tmp, out)
+    return {'out': out, **summary}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--source', default='openclipart',
                    help="'openclipart' (default, /usr/share/openclipart/png), 'fashion-mnist', or a folder")
-    p.add_argument('--out', default='data/openclipart', help='output folder (default data/openclipart)')
+    p.add_argument('--out', default='data/openclipart',
+                   help='output folder (default data/openclipart); never the source, inside it or above it')
     p.add_argument('--image-size', type=int, default=64)
     p.add_argument('--val-frac', type=float, default=0.1, help='fraction of the non-test images kept for val')
     p.add_argument('--test-count', type=int, default=747, help='test images (the course has 747)')
@@ -272,7 +400,17 @@ def parse_args(argv=None):
     p.add_argument('--hole-max', type=float, default=0.5, help='maximum hole fraction of a mask')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--max-pixels', type=int, default=40_000_000,
-                   help='skip (and count) source images with more pixels than this')
+                   help='skip (and count) source images whose padded square, max(w, h)^2, has more pixels than this')
+    p.add_argument('--near-dup-rms', type=float, default=10.0,
+                   help='near-copies, kept inside one split: images whose 32x32 antialiased greyscale versions '
+                        'differ by an RMS below this (0..255 levels), linked transitively; the measure the '
+                        'train/test leak was found with, robust to resized and recoloured variants. '
+                        '0 disables (default 10)')
+    p.add_argument('--holdout-classes', default=None,
+                   help='comma-separated classes (top-level folders) held out in OUT/holdout* (laid out like val); '
+                        'their images that are near-copies of another class\'s are dropped from every split; '
+                        f"default for --source openclipart: "
+                        f"{OPENCLIPART_HOLDOUT or 'none'}, none otherwise; '' disables")
     p.add_argument('--workers', type=int, default=max(1, min(4, os.cpu_count() or 1)))
     p.add_argument('--fashion-mnist-dir', default=FASHION_MNIST_DIR)
     p.add_argument('--overwrite', action='store_true', help='replace a non-empty output folder')
@@ -283,7 +421,27 @@ def parse_args(argv=None):
         p.error(f"--val-frac must be in [0, 1), got {args.val_frac}")
     if args.test_count < 1 or args.image_size < 8:
         p.error("--test-count must be >= 1 and --image-size >= 8")
+    if args.near_dup_rms < 0:
+        p.error(f"--near-dup-rms must be >= 0, got {args.near_dup_rms}")
     return args
+
+
+def summary_line(s, seconds):
+    line = (f"wrote {s['out']} in {seconds:.0f} s: train {s['train']}, val {s['val']}, test {s['test']}, "
+            f"holdout {s['holdout']} images; {s['classes']} classes; mean hole fraction "
+            f"{s['mean_hole_fraction']:.3f}; skipped: {s['duplicates']} duplicates, {s['unreadable']} unreadable, "
+            f"{s['too_large']} over --max-pixels")
+    if not s['near_dup_rms']:
+        near = "near-duplicates: not grouped (--near-dup-rms 0)"
+    elif s['test_near_train'] is not None:
+        near = (f"official split kept: {s['test_near_train']} test images have a train/val image within RMS "
+                f"{s['near_dup_rms']:g}")
+    else:
+        near = (f"near-duplicates: {s['near_dup_groups']} groups of 2+ images ({s['near_dup_images']} images) "
+                f"kept inside one split, RMS < {s['near_dup_rms']:g}")
+    held = (f"; held out: {', '.join(s['holdout_classes'])} ({s['holdout_dropped']} of their images dropped: "
+            f"near-copies of other classes' images)") if s['holdout_classes'] else ''
+    return f"{line}\n{near}{held}"
 
 
 def main(argv=None):
@@ -294,9 +452,7 @@ def main(argv=None):
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {s['out']} in {time.time() - t0:.0f} s: train {s['train']}, val {s['val']}, test {s['test']} "
-          f"images; {s['classes']} classes; mean hole fraction {s['mean_hole_fraction']:.3f}; skipped: "
-          f"{s['duplicates']} duplicates, {s['unreadable']} unreadable, {s['too_large']} over --max-pixels")
+    print(summary_line(s, time.time() - t0))
     return 0
 
 

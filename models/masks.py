@@ -60,7 +60,7 @@ def mask_rng(seed, split, i):
     """The generator of mask i of a split. Test masks depend on (seed, i) only (as they always have);
     validation and training masks have their own streams, so no split shares a mask sequence. The stream
     number goes last: SeedSequence pads short entropy with zeros, so [seed, 1, 0] would equal [seed, 1]."""
-    return np.random.default_rng([seed, i] if split == 'test' else [seed, i, {'val': 1, 'train': 2}[split]])
+    return np.random.default_rng([seed, i] if split == 'test' else [seed, i, {'val': 1, 'train': 2, 'holdout': 3}[split]])
 
 
 def pixel_mask_bank(n, size, seed, hole_min=0.1, hole_max=0.5):

@@ -1,5 +1,6 @@
 """prepare_dataset.py and the loaders of dataset.py, on small image folders made here."""
 import gzip
+import hashlib
 import json
 import os
 import struct
@@ -10,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+import neardup
 import prepare_dataset as pd
 from dataset import (MASK_FILL, TEST_MEAN, TEST_STD, TRAIN_MEAN, TRAIN_STD, ImageDataset, MaskDataset,
                      PairedTestDataset, data_stats, read_gt_csv, write_gt_csv)
@@ -368,3 +370,148 @@ def test_gt_csv_bad_width_is_a_clear_error(tmp_path):
     (tmp_path / 'bad.csv').write_text('a,b,c,d\n1,2,3,4\n')
     with pytest.raises(ValueError, match='rows of 4 values'):
         read_gt_csv(tmp_path / 'bad.csv')
+
+
+# ----------------------------------------------------------------------------- near-duplicates and held-out classes
+
+def drawing(rng, side=256):
+    """A few big filled shapes of random colours on white: smooth, like clip art."""
+    from PIL import ImageDraw
+    img = Image.new('RGB', (side, side), 'white')
+    d = ImageDraw.Draw(img)
+    for _ in range(4):
+        x0, y0 = rng.integers(0, side // 2, 2)
+        x1, y1 = (x0, y0) + rng.integers(side // 4, side // 2, 2)
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (d.rectangle if rng.random() < 0.5 else d.ellipse)([int(x0), int(y0), int(x1), int(y1)], fill=colour)
+    return np.asarray(img)
+
+
+def make_near_source(root, n=30, n_copied=6, seed=0):
+    """n distinct drawings (classes a, b, c in turn); drawings 0..n_copied-1 also as a 1-level recolour and a
+    1-px shift, in another class's folder. -> [[file, ...] per drawing]."""
+    rng = np.random.default_rng(seed)
+    classes, files = ('a', 'b', 'c'), []
+    for i in range(n):
+        px = drawing(rng)
+        variants = [('', px)]
+        if i < n_copied:
+            variants += [('_recolour', np.clip(px.astype(int) + 1, 0, 255).astype(np.uint8)),
+                         ('_shift', np.pad(px, ((1, 0), (1, 0), (0, 0)), constant_values=255)[:-1, :-1])]
+        files.append([])
+        for j, (suffix, a) in enumerate(variants):
+            d = root / classes[(i + j) % 3]
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(a).save(d / f'd{i:02d}{suffix}.png')
+            files[-1].append(d / f'd{i:02d}{suffix}.png')
+    return files
+
+
+def split_of_each(out, files, size=32):
+    """Source file -> the split its preprocessed pixels were written to."""
+    where = {}
+    for split in ('train', 'val', 'test', 'holdout'):
+        for p in (out / split).glob('*.png') if (out / split).is_dir() else ():
+            where[read_png(p)[1].tobytes()] = split
+    with_px = lambda f: np.asarray(pd.to_square_rgb(Image.open(f), size)).tobytes()
+    return {f: where.get(with_px(f), 'dropped') for group in files for f in group}
+
+
+@pytest.fixture(scope='module')
+def near_source(tmp_path_factory):
+    base = tmp_path_factory.mktemp('near')
+    files = make_near_source(base / 'src')
+    grey = neardup.small_grey([pd.to_square_rgb(Image.open(f), 32) for g in files for f in g])
+    d = np.sqrt(((grey[:, None] - grey[None]) ** 2).mean(-1))  # [42, 42] the fixture's premise:
+    copies = np.repeat(np.arange(len(files)), [len(g) for g in files])
+    same = copies[:, None] == copies[None]
+    assert d[same].max() < 8 and d[~same].min() > 20  # copies under the default 10 levels, distinct drawings far
+    return base / 'src', files
+
+
+def test_near_copies_land_in_one_split_and_test_count_is_exact(near_source, tmp_path, capsys):
+    src, files = near_source
+    out = tmp_path / 'out'
+    assert build(src, out) == 0  # 42 images: 6 drawings x 3 copies, 24 alone; 8 test
+    assert len(os.listdir(out / 'test')) == 8 and not (out / 'holdout').exists()
+    where = split_of_each(out, files)
+    for group in files:
+        assert len({where[f] for f in group}) == 1, [(f.name, where[f]) for f in group]
+    assert 'near-duplicates: 6 groups of 2+ images (18 images)' in capsys.readouterr().out
+    summary = json.loads((out / 'summary.json').read_text())
+    assert (summary['near_dup_groups'], summary['near_dup_images'], summary['test']) == (6, 18, 8)
+    assert summary['train'] + summary['val'] == 34 and summary['val'] == round(34 * 0.2)
+
+
+def test_near_dup_rms_zero_is_the_plain_content_hash_split(near_source, tmp_path):
+    src, files = near_source
+    out = tmp_path / 'out'
+    assert build(src, out, '--near-dup-rms', '0', '--seed', '3') == 0
+    px = [np.asarray(pd.to_square_rgb(Image.open(f), 32)) for g in files for f in g]
+    key = lambda a: hashlib.sha256(f"3:{hashlib.sha256(a.tobytes()).hexdigest()}".encode()).hexdigest()
+    order = sorted(px, key=key)  # the split before grouping: test first, then val, then train, in key order
+    n_val = round(34 * 0.2)
+    want = {'test': order[:8], 'val': order[8:8 + n_val], 'train': order[8 + n_val:]}
+    for split, images in want.items():
+        got = [read_png(p)[1] for p in sorted((out / split).iterdir())]
+        assert len(got) == len(images) and all(np.array_equal(a, b) for a, b in zip(got, images)), split
+
+
+def test_groups_fill_the_count_exactly_by_passing_over_big_ones():
+    groups = [['a1', 'a2', 'a3'], ['b'], ['c1', 'c2'], ['d'], ['e']]
+    labels = dict.fromkeys([h for g in groups for h in g], 'x')
+    members = pd.assign_splits(groups, labels, None, set(), 4, 0.5)
+    assert members['test'] == ['a1', 'a2', 'a3', 'b']  # c1, c2 would overflow: passed over, in order
+    assert members['val'] == ['c1', 'c2'] and members['train'] == ['d', 'e']
+    assert pd.assign_splits(groups, labels, None, set(), 2, 0)['test'] == ['b', 'd']
+    with pytest.raises(ValueError, match='--near-dup-rms'):
+        pd.assign_splits([['a1', 'a2', 'a3'], ['c1', 'c2']], labels, None, set(), 4, 0)
+
+
+def test_holdout_classes_go_to_a_val_like_split_and_their_mixed_copies_are_dropped(near_source, tmp_path):
+    src, files = near_source
+    out = tmp_path / 'out'
+    assert build(src, out, '--holdout-classes', 'a') == 0
+    where = split_of_each(out, files)
+    labels = json.loads((out / 'labels.json').read_text())
+    pure = [f for g in files if all(f.parent.name == 'a' for f in g) for f in g]
+    mixed = [g for g in files if {f.parent.name for f in g} - {'a'} and 'a' in {f.parent.name for f in g}]
+    assert pure and mixed  # the fixture has both kinds
+    held = pure
+    assert sorted(f for f in where if where[f] == 'holdout') == sorted(held)
+    for g in mixed:  # a's images dropped; the others stay together in one trained/measured split
+        assert {where[f] for f in g if f.parent.name == 'a'} == {'dropped'}
+        assert len({where[f] for f in g if f.parent.name != 'a'}) == 1
+        assert {where[f] for f in g if f.parent.name != 'a'} <= {'train', 'val', 'test'}
+    assert 'a' not in {v for k, v in labels.items() if not k.startswith('holdout/')}
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['holdout_dropped'] == sum(f.parent.name == 'a' for g in mixed for f in g)
+    n = len(held)
+    names = [f'image_{i:05d}.png' for i in range(n)]
+    assert sorted(os.listdir(out / 'holdout')) == names == sorted(os.listdir(out / 'holdout_masked_image'))
+    assert sorted(os.listdir(out / 'holdout_mask64')) == [f'mask_{i:05d}.png' for i in range(n)]
+    assert sorted(k for k in labels if k.startswith('holdout/')) == [f'holdout/{x}' for x in names]
+    gt = read_gt_csv(out / 'holdout_gt.csv')
+    assert gt.shape == (n, 32, 32, 3) and len(os.listdir(out / 'test')) == 8
+    for i in range(n):
+        m = read_png(out / 'holdout_mask64' / f'mask_{i:05d}.png')[1]
+        shown = read_png(out / 'holdout_masked_image' / f'image_{i:05d}.png')[1]
+        assert np.array_equal(gt[i], read_png(out / 'holdout' / names[i])[1])
+        assert (shown[m == 0] == MASK_FILL).all() and np.array_equal(shown[m == 255], gt[i][m == 255])
+        val_mask = out / 'val_mask64' / f'mask_{i:05d}.png'  # its own mask stream, not val's
+        assert not val_mask.exists() or not np.array_equal(m, read_png(val_mask)[1])
+
+
+def test_unknown_holdout_class_is_a_one_line_error_naming_the_known(near_source, tmp_path, capsys):
+    src, _ = near_source
+    assert build(src, tmp_path / 'out', '--holdout-classes', 'a,zebra') == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and '--holdout-classes' in err and 'zebra' in err
+    assert 'known: a, b, c' in err and not (tmp_path / 'out').exists() and not (tmp_path / 'out.tmp').exists()
+
+
+def test_default_holdout_only_for_openclipart():
+    known = ['x', 'y'] + [c.strip() for c in pd.OPENCLIPART_HOLDOUT.split(',') if c.strip()]
+    assert pd.holdout_classes(pd.parse_args(['--source', 'some/folder']), known) == set()
+    assert pd.holdout_classes(pd.parse_args(['--source', 'openclipart']), known) == set(known[2:])
+    assert pd.holdout_classes(pd.parse_args(['--source', 'openclipart', '--holdout-classes', '']), known) == set()
