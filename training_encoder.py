@@ -11,11 +11,12 @@ vocabulary, and a transformer trained on it, stay valid.
 
     python training_encoder.py --config configs/VQGAN_small.yml                   # from the shipped VQGAN
     python training_encoder.py --config configs/VQGAN_small.yml --resume          # continue runs/encoder_small
-    python training_encoder.py --export runs/encoder_small/best.pt --out checkpoints/vqgan_small.pt
+    python training_encoder.py --export runs/encoder_small/best.pt --out runs/encoder_small/export.pt
 
 Validation (the val split with its fixed masks from prepare_dataset.py): `known_agree`, the share of
 known tokens of a masked image whose code equals the clean image's code under the frozen tokenizer, and
-`clean_agree`, the same for the unmasked image. best.pt has the highest known_agree.
+`clean_agree`, the same for the unmasked image. best.pt has the highest known_agree. A fresh run into a
+folder holding an earlier run's files is refused unless --resume or --overwrite.
 """
 import argparse
 import copy
@@ -33,12 +34,16 @@ from tqdm import tqdm
 from dataset import ImageDataset, MaskDataset, data_stats
 from models.masks import fill_holes, latent_mask, normalised_fill, pixel_mask_bank
 from models.vqgan import VQGAN, load_vqgan, model_state_dict
-from utils import (atomic_open, export_checkpoint, load_checkpoint, load_config, load_state_dict_checked,
-                   resolve_device, save_checkpoint, seed_everything)
+from configs_schema import ENCODER_CONFIG, ENCODER_TRAIN, NONNEG, POS_INT, Key, check_flags, validate
+from utils import (atomic_open, check_writable, claim_run_dir, export_checkpoint, load_checkpoint, load_config,
+                   load_state_dict_checked, remove_files, resolve_device, save_checkpoint, seed_everything)
 
 # The config's train_encoder: section is the one home of these settings (configs/VQGAN_small.yml sets them all);
-# a missing key is an error naming it.
-TRAIN_KEYS = ('epochs', 'batch_size', 'learning_rate', 'clean_frac', 'tau', 'feature_weight', 'mask_bank', 'run_dir')
+# configs_schema.ENCODER_TRAIN requires each, so a missing key is an error naming it.
+TRAIN_KEYS = tuple(k.split('.', 1)[1] for k in ENCODER_TRAIN if '.' in k)
+RUN_FILES = ('last.pt', 'best.pt', 'log.csv')  # what a run writes in its folder
+FLAG_RULES = dict(epochs=POS_INT, batch_size=POS_INT, learning_rate=NONNEG, max_minutes=NONNEG,
+                  partial=Key('number', lo=0, lo_open=True, hi=1))
 LOG_FIELDS = ('epoch', 'step', 'train_loss', 'known_agree', 'clean_agree', 'seconds')
 
 
@@ -53,6 +58,8 @@ def parse_args(argv=None):
     p.add_argument('--max-minutes', type=float, default=None, help='stop (validate, save) after this long')
     p.add_argument('--run-dir', default=None)
     p.add_argument('--resume', action='store_true', help='continue from last.pt in the run folder')
+    p.add_argument('--overwrite', action='store_true',
+                   help="replace an earlier run in the run folder (last.pt, best.pt, log.csv), or --export's existing --out")
     p.add_argument('--device', default=None)
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--export', default=None, metavar='CKPT', help='write CKPT as a plain fp16 VQGAN state_dict to --out')
@@ -66,10 +73,6 @@ def train_settings(cfg, args):
     for key in ('epochs', 'batch_size', 'learning_rate', 'run_dir'):
         if getattr(args, key) is not None:
             s[key] = getattr(args, key)
-    missing = [key for key in TRAIN_KEYS if key not in s]
-    if missing:
-        raise ValueError(f"config {args.config}: train_encoder.{missing[0]} is missing "
-                         f"(configs/VQGAN_small.yml's train_encoder: section sets every key)")
     data = cfg.get('data') or {}
     s['train_path'] = data.get('train_path', 'data/openclipart/train')
     s['val_path'] = data.get('val_path', 'data/openclipart/val')
@@ -161,6 +164,9 @@ def load_data(args, cfg, s, img_resolution, device):
                          f"(rebuild the dataset with prepare_dataset.py)")
     log(f"loading {len(train)} training images")
     train_x = torch.stack([train[i] for i in tqdm(range(len(train)), desc='load', leave=False)])
+    if len(train) < s['batch_size']:  # else 0 steps an epoch, and a loss of 0 logged
+        raise ValueError(f"--batch-size {s['batch_size']} is more than the {len(train)} training images in "
+                         f"{s['train_path']}: give a smaller one")
     bank = pixel_mask_bank(s['mask_bank'], img_resolution, args.seed)
     return Data(train_x, val_x, val_m, bank, normalised_fill(mean, std, device), len(train_x) // s['batch_size'])
 
@@ -173,6 +179,8 @@ def resume(run, s):
     """Student, optimizer and progress from last.pt in the run folder."""
     last = checkpoint_paths(s)[0]
     ck = load_checkpoint(last)
+    if not isinstance(ck, dict) or 'opt' not in ck:
+        raise ValueError(f"{last} is not a training checkpoint of training_encoder.py (no optimizer state)")
     load_state_dict_checked(run.student, ck['model'], last)
     run.opt.load_state_dict(ck['opt'])
     run.epoch, run.step, run.best, run.rows = ck['epoch'], ck['step'], ck['best'], ck['rows']
@@ -257,9 +265,12 @@ def end_of_epoch(run, data, s, cfg, train_loss, start):
 def main(argv=None):
     args = parse_args(argv)
     if args.export:
-        return export_checkpoint(args.export, args.out, model_state_dict)
-    cfg = load_config(args.config)
+        return export_checkpoint(args.export, args.out, model_state_dict, args.overwrite)
+    cfg = validate(load_config(args.config), args.config, ENCODER_CONFIG)
+    check_flags(args, FLAG_RULES)
     s = train_settings(cfg, args)
+    check_writable(s['run_dir'], '--run-dir', folder=True)
+    stale = claim_run_dir(s['run_dir'], RUN_FILES, args.resume, args.overwrite)
     seed_everything(args.seed)
     device = resolve_device(args.device)
     run = build(args, cfg, s, device)
@@ -267,6 +278,7 @@ def main(argv=None):
     if args.resume:
         resume(run, s)
     else:
+        remove_files(stale)  # --overwrite: no file of the earlier run outlives this one
         log_start(run, data)
     start = time.time()
     while run.epoch < s['epochs']:

@@ -9,8 +9,10 @@ A conditional model (Transformer_param num_classes > 0) learns each image's clas
 labels.json, replaced by the null class with probability `cond_drop` (train: section), so one model serves
 every class and, with the null class, unconditional inpainting (classifier-free guidance needs both).
 
-Outputs, in the folder of --checkpoint-path:
-  <--checkpoint-path>        model.transformer.state_dict() after the latest epoch (the course's format)
+Outputs, in the folder of --checkpoint-path (a fresh run into a folder holding them is refused unless
+--resume or --overwrite):
+  <--checkpoint-path>        model.transformer.state_dict() after the latest epoch (the course's format), plus
+                             'tokenizer_sha256': the tokenizer its tokens came from (models/token_cache.py)
   transformer_epoch_N.pt     the same, every --save-per-epoch epochs
   train_state.pt             everything --resume needs (weights, optimizer, scaler, epoch, step, log)
   log.csv, loss_curve.png    per-epoch train/val loss, val masked-token accuracy, lr, throughput
@@ -42,14 +44,22 @@ from models.masks import latent_mask, pixel_mask_bank
 from models.token_cache import encode_folder, load_context_tokens, load_tokens, vqgan_meta
 from models.vqgan import load_vqgan
 from plots import plot_curves
-from utils import (atomic_open, export_checkpoint, load_checkpoint, load_config, load_state_dict_checked, lr_factor,
-                   resolve_device, save_checkpoint, seed_everything)
+from configs_schema import (MASKGIT_CONFIG, MASKGIT_TRAIN, NONNEG, NONNEG_INT, POS_INT, VQGAN_MODEL, Key,
+                            check_flags, validate)
+from utils import (RECORD_KEYS, atomic_open, check_writable, claim_run_dir, export_checkpoint, load_checkpoint,
+                   load_config, load_state_dict_checked, lr_factor, remove_files, resolve_device, save_checkpoint,
+                   seed_everything)
 
 # configs/MaskGit.yml's train: section is the one home of the training defaults: a config's own train: section
 # (absent in the course's MaskGit.yml) overrides them key by key, and flags of the same name override both.
 DEFAULTS_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs', 'MaskGit.yml')
 FLAG_KEYS = ('epochs', 'batch_size', 'accum_grad', 'learning_rate', 'warmup_steps', 'grad_clip', 'save_per_epoch',
              'cache_dir')  # train: keys a flag of the same name overrides
+FLAG_RULES = dict(epochs=POS_INT, batch_size=POS_INT, accum_grad=POS_INT, learning_rate=NONNEG,
+                  warmup_steps=NONNEG_INT, grad_clip=NONNEG, save_per_epoch=NONNEG_INT, start_from_epoch=NONNEG_INT,
+                  ckpt_interval=NONNEG_INT, max_steps=POS_INT, num_workers=NONNEG_INT,
+                  partial=Key('number', lo=0, lo_open=True, hi=1))
+RUN_FILES = ('train_state.pt', 'log.csv', 'loss_curve.png', 'transformer_epoch_*.pt')  # and --checkpoint-path
 _MASK_STREAM, _DROPOUT_STREAM, _VAL_STREAM = 0, 1, 2
 CHECK_SEQUENCES = 64  # val sequences scored before a mid-epoch save
 
@@ -90,6 +100,11 @@ def parse_args(argv=None):
     p.add_argument('--grad-clip', type=float, default=None, help='max gradient norm (0: off)')
     p.add_argument('--resume', nargs='?', const='auto', default=None,
                    help='continue bit-for-bit from a train_state.pt (default: the one beside --checkpoint-path)')
+    p.add_argument('--overwrite', action='store_true',
+                   help="replace an earlier run in --checkpoint-path's folder (its checkpoints, train_state.pt, log), "
+                        "or --export's existing --out")
+    p.add_argument('--max-steps', type=int, default=None,
+                   help='stop (validate, save; --resume continues) after this many optimizer steps')
     p.add_argument('--cache-dir', default=None, help='token cache folder (default: the config\'s train.cache_dir)')
     p.add_argument('--init-from', default=None, metavar='CKPT',
                    help='start from these transformer weights (a state_dict or train_state.pt) with a fresh '
@@ -120,38 +135,37 @@ class VQ:
 
 
 def config_train(cfg):
-    """configs/MaskGit.yml's `train:` section with the config's own `train:` keys over it."""
-    return dict(load_config(DEFAULTS_CONFIG)['train'], **(cfg.get('train') or {}))
+    """configs/MaskGit.yml's `train:` section (every key required) with the config's own `train:` keys over it."""
+    every_key = {k: Key(**{**v.__dict__, 'required': True}) for k, v in MASKGIT_TRAIN.items()}
+    defaults = validate(load_config(DEFAULTS_CONFIG), DEFAULTS_CONFIG, every_key)['train']
+    return dict(defaults, **(cfg.get('train') or {}))
 
 
 def train_settings(cfg, args):
-    """config_train(cfg), then the flags given over it."""
+    """config_train(cfg), then the flags given over it (checked by check_flags)."""
     s = config_train(cfg)
     s.update({key: getattr(args, key) for key in FLAG_KEYS if getattr(args, key) is not None})
-    for key in ('epochs', 'batch_size', 'accum_grad'):
-        if s[key] < 1:
-            raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {s[key]}")
-    if not 0 <= s['cond_drop'] <= 1:
-        raise ValueError(f"train: cond_drop must be in [0, 1], got {s['cond_drop']}")
     return s
 
 
 def read_configs(args):
     """(MaskGit config, training settings, VQ): --MaskGitConfig and its VQGAN's config, each parsed once, and
     checked to agree (codebook size, tokens per image) before anything is loaded."""
-    cfg = load_config(args.MaskGitConfig)
-    if 'model_param' not in cfg:
-        raise ValueError(f"config {args.MaskGitConfig} has no 'model_param' section")
+    cfg = validate(load_config(args.MaskGitConfig), args.MaskGitConfig, MASKGIT_CONFIG)
+    check_flags(args, FLAG_RULES)
     mp = cfg['model_param']
     s = train_settings(cfg, args)
+    if args.start_from_epoch and args.start_from_epoch >= s['epochs']:
+        raise ValueError(f"--start-from-epoch {args.start_from_epoch} leaves nothing to train: --epochs {s['epochs']} "
+                         f"is the number of the last epoch (give --epochs {args.start_from_epoch + 1} or more)")
     vq = mp.get('VQ_Configs') or {}
     vq_cfg_path = args.config_vqgan or vq.get('VQ_config_path')
     vq_ckpt = args.vqgan_ckpt or vq.get('VQ_CKPT_path')
     if not vq_cfg_path or not vq_ckpt:
         raise ValueError(f"config {args.MaskGitConfig}: model_param.VQ_Configs needs VQ_config_path and "
                          f"VQ_CKPT_path (or pass --config-vqgan / --vqgan-ckpt)")
-    vq_cfg = load_config(vq_cfg_path)
-    vq_p = vq_cfg.get('model_param') or {}
+    vq_cfg = validate(load_config(vq_cfg_path), vq_cfg_path, VQGAN_MODEL)
+    vq_p = vq_cfg['model_param']
     if (vq_p.get('num_codebook_vectors'), vq_p.get('latent_resolution', 0) ** 2) != \
             (mp['num_codebook_vectors'], mp['num_image_tokens']):
         raise ValueError(f"{args.MaskGitConfig} (num_codebook_vectors {mp['num_codebook_vectors']}, num_image_tokens "
@@ -162,7 +176,15 @@ def read_configs(args):
                                 f"or pass --vqgan-ckpt)")
     if args.init_codes_from and not args.init_from:
         raise ValueError("--init-codes-from maps the codes of --init-from's weights: give --init-from too")
+    check_writable(args.checkpoint_path, '--checkpoint-path')
     return cfg, s, VQ(vq_cfg_path, vq_cfg, vq_ckpt)
+
+
+def claim_outputs(args):
+    """The earlier run's files in --checkpoint-path's folder that this fresh run replaces (refused without
+    --overwrite); a run continued by --resume or --start-from-epoch keeps them."""
+    return claim_run_dir(out_dir(args), (os.path.basename(args.checkpoint_path), *RUN_FILES),
+                         bool(args.resume) or args.start_from_epoch > 0, args.overwrite)
 
 
 def init_code_tokens(args, proc):
@@ -299,11 +321,13 @@ def accumulate_grads(model, raw, tokens, order, step_in_epoch, step, s, seed, wo
 
 @torch.no_grad()
 def evaluate(raw, tokens, s, seed, world, rank, device, autocast=nullcontext, holes=None, labels=None):
-    """(loss, masked-token accuracy, hole accuracy) on `tokens`, masks fixed by the seed (comparable across
-    epochs). The loss and accuracy use the paper's random masks. Hole accuracy is what inpainting's first
-    step gets right: one pass's argmax on every token of each image's fixed hole, the rest of the image
-    shown as inpainting shows it (holes: (token holes [n, N] bool, context [n, N] long), from the val
-    split's masks and masked images); NaN without them. labels [n]: the images' classes (a conditional model).
+    """(loss, masked-token accuracy, hole accuracy, hole accuracy with the true class) on `tokens`, masks fixed
+    by the seed (comparable across epochs). The loss and accuracy use the paper's random masks. Hole accuracy
+    is what inpainting's first step gets right: one pass's argmax on every token of each image's fixed hole,
+    the rest of the image shown as inpainting shows it (holes: (token holes [n, N] bool, context [n, N] long),
+    from the val split's masks and masked images); NaN without them. labels [n]: the images' classes (a
+    conditional model): the loss and accuracy use them; hole accuracy uses the null class, as inpainting's
+    default does, and the last figure the true class (NaN for an unconditional model).
     """
     was_training = raw.training
     raw.eval()
@@ -311,7 +335,8 @@ def evaluate(raw, tokens, s, seed, world, rank, device, autocast=nullcontext, ho
     g = torch.Generator().manual_seed(step_seed(seed, 0, _VAL_STREAM))
     r_all, scores_all = torch.rand(n, generator=g), torch.rand(n, n_tok, generator=g)
     idx = torch.arange(rank, n, world)
-    sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss sum, correct, count, hole correct, hole count
+    sums = torch.zeros(7, dtype=torch.float64, device=device)  # loss sum, correct, count, hole correct, hole count
+    #                                                             (null class), hole correct, hole count (true class)
     for i in range(0, len(idx), s['batch_size']):
         k = idx[i:i + s['batch_size']]
         z = tokens[k].to(device).long()
@@ -320,17 +345,21 @@ def evaluate(raw, tokens, s, seed, world, rank, device, autocast=nullcontext, ho
             logits, target, mask = raw(z, r_all[k], scores_all[k], labels=y)
         loss_sum = mvtm_loss(logits, target, mask, raw.num_codebook_vectors, s['label_smoothing'], True, normalizer=1)
         correct, count = masked_accuracy(logits, target, mask, raw.num_codebook_vectors)
-        hole = torch.zeros(2, dtype=torch.float64, device=device)
-        if holes is not None:
+        hole = torch.zeros(4, dtype=torch.float64, device=device)
+        for j, y_hole in enumerate((None, y) if holes is not None else ()):  # None: the null class
+            if j and y is None:
+                break
             with autocast():  # r = 0: the whole hole masked, as at the first decoding step
-                logits, target, mask = raw(z, torch.zeros(len(k)), scores_all[k], holes[0][k], holes[1][k], y)
-            hole = torch.stack(masked_accuracy(logits, target, mask, raw.num_codebook_vectors)).double()
+                logits, target, mask = raw(z, torch.zeros(len(k)), scores_all[k], holes[0][k], holes[1][k], y_hole)
+            hole[2 * j:2 * j + 2] = torch.stack(masked_accuracy(logits, target, mask, raw.num_codebook_vectors)).double()
         sums += torch.cat([torch.stack([loss_sum.double(), correct.double(), count.double()]), hole])
     if world > 1:
         dist.all_reduce(sums)
     raw.train(was_training)
-    hole_acc = (sums[3] / sums[4]).item() if holes is not None else float('nan')
-    return (sums[0] / sums[2]).item(), (sums[1] / sums[2]).item(), hole_acc
+    nan = float('nan')
+    hole_acc = (sums[3] / sums[4]).item() if holes is not None else nan
+    hole_acc_class = (sums[5] / sums[6]).item() if holes is not None and labels is not None else nan
+    return (sums[0] / sums[2]).item(), (sums[1] / sums[2]).item(), hole_acc, hole_acc_class
 
 
 def make_optimizer(raw, s, device):
@@ -350,12 +379,14 @@ def make_optimizer(raw, s, device):
 class Data:
     """The run's tokens: train [S, N] (images and their flips) and val [n, N]; ctx: (context tokens, token
     holes) [S, V, N] each of the hole-masked training variants, or None; val_holes: see evaluate, or None;
-    classes: a conditional model's (class names, train ids [S], val ids [n]) (load_classes), or None."""
+    classes: a conditional model's (class names, train ids [S], val ids [n]) (load_classes), or None;
+    tokenizer_sha256: the VQGAN's tokenizer hash (models/token_cache.py), recorded in every checkpoint."""
     train: torch.Tensor
     val: torch.Tensor
     ctx: tuple | None
     val_holes: tuple | None
     classes: tuple | None = None
+    tokenizer_sha256: str | None = None
 
     @property
     def train_labels(self):
@@ -410,7 +441,7 @@ def load_data(args, s, vq, proc, classes=None):
         ctx = (context, latent_mask(bank, factor).flatten(1)[hole_ids])                        # [S, V, N] each
     val_holes = load_val_holes(args, factor, len(tokens['val']), data_stats(vq.cfg, 'test'), get_vqgan)
     get_vqgan.cache_clear()  # training never needs the VQGAN again
-    return Data(tokens['train'], tokens['val'], ctx, val_holes, classes)
+    return Data(tokens['train'], tokens['val'], ctx, val_holes, classes, vq_meta['tokenizer_sha256'])
 
 
 def load_val_holes(args, factor, n_val, stats, get_vqgan):
@@ -447,7 +478,9 @@ def count_steps(args, s, data, world):
 
 # ----------------------------------------------------------------------------- outputs
 
-LOG_FIELDS = ('epoch', 'step', 'lr', 'train_loss', 'val_loss', 'val_acc', 'val_hole_acc', 'tokens_per_s', 'seconds')
+# val_hole_acc: with the null class (inpainting's default); val_hole_acc_class: a conditional model's true class
+LOG_FIELDS = ('epoch', 'step', 'lr', 'train_loss', 'val_loss', 'val_acc', 'val_hole_acc', 'tokens_per_s', 'seconds',
+              'val_hole_acc_class')
 
 
 def read_log(out_dir, upto):
@@ -490,9 +523,15 @@ class Run:
     epoch_loss_sum: float = 0.0    # over this epoch's steps so far (kept by a mid-epoch save)
     epoch_steps: int = 0
     rows: list = field(default_factory=list)  # log.csv
+    tokenizer_sha256: str = None   # of the VQGAN whose tokens it trains on, saved with the weights
 
     def progress(self):
         return {k: getattr(self, k) for k in PROGRESS}
+
+    def weights(self):
+        """The transformer's state_dict, the course's format, which a course loader reads with strict=True: the
+        tokenizer's hash goes into train_state.pt and the exports, never into --checkpoint-path's files."""
+        return self.raw.transformer.state_dict()
 
 
 def out_dir(args):
@@ -505,9 +544,9 @@ def state_path(args):
 
 
 def save_state(run, args):
-    save_checkpoint(dict(transformer=run.raw.transformer.state_dict(), optimizer=run.opt.state_dict(),
-                         scaler=run.scaler.state_dict(), steps_per_epoch=run.steps_per_epoch, **run.progress()),
-                    state_path(args))
+    save_checkpoint(dict(transformer=run.weights(), optimizer=run.opt.state_dict(), scaler=run.scaler.state_dict(),
+                         steps_per_epoch=run.steps_per_epoch, tokenizer_sha256=run.tokenizer_sha256,
+                         **run.progress()), state_path(args))
 
 
 def check_before_save(run, args, val_loss):
@@ -520,15 +559,15 @@ def check_before_save(run, args, val_loss):
                                f"checkpoints ({args.checkpoint_path}, {state_path(args)}) are untouched")
 
 
-def build(args, mp, s, proc, scaler, steps_per_epoch, names=None, code_tokens=None):
+def build(args, mp, s, proc, scaler, steps_per_epoch, names=None, code_tokens=None, tokenizer=None):
     """The model and its optimizer, from scratch or from the checkpoint the flags name (resume), then wrapped.
     names: a conditional model's class names (saved with its weights); code_tokens: (this run's, --init-from's
-    tokenizer's) tokens of the training images, for --init-codes-from."""
+    tokenizer's) tokens of the training images, for --init-codes-from; tokenizer: this run's tokenizer hash."""
     seed_everything(args.seed)  # here: whether the cache was just built must not change the initial weights
     raw = MaskGit(mp).to(proc.device)
     if names is not None:
         raw.transformer.class_emb.names = names
-    run = Run(raw, make_optimizer(raw, s, proc.device), scaler, steps_per_epoch)
+    run = Run(raw, make_optimizer(raw, s, proc.device), scaler, steps_per_epoch, tokenizer_sha256=tokenizer)
     resume(run, args, proc, code_tokens)
     if names is not None and raw.transformer.class_emb.names != names:
         raise ValueError(f"the checkpoint's classes ({', '.join(raw.transformer.class_emb.names or ['none named'])}) "
@@ -546,6 +585,10 @@ def resume(run, args, proc, code_tokens=None):
     if args.resume:
         path = state_path(args) if args.resume == 'auto' else args.resume
         ckpt = load_checkpoint(path)
+        if not isinstance(ckpt, dict) or 'optimizer' not in ckpt:
+            raise ValueError(f"--resume {path} is not a train_state.pt (no optimizer state): give the train_state.pt "
+                             f"of the run, or --resume alone for the one beside --checkpoint-path")
+        same_tokenizer(ckpt, run, path)
         load_state_dict_checked(run.raw.transformer, transformer_state_dict(ckpt), path)
         run.opt.load_state_dict(ckpt['optimizer'])
         run.scaler.load_state_dict(ckpt['scaler'])
@@ -556,11 +599,13 @@ def resume(run, args, proc, code_tokens=None):
                              f"{run.steps_per_epoch}: resume with the same data, --partial and batch flags")
         proc.log(f"resuming from {path}: epoch {run.epoch}, step {run.step}")
     elif args.start_from_epoch > 0:
-        load_state_dict_checked(run.raw.transformer, load_checkpoint(args.checkpoint_path), args.checkpoint_path)
+        sd = load_checkpoint(args.checkpoint_path)
+        same_tokenizer(sd, run, args.checkpoint_path)
+        load_state_dict_checked(run.raw.transformer, sd, args.checkpoint_path)
         run.epoch, run.step = args.start_from_epoch, args.start_from_epoch * run.steps_per_epoch
         run.rows = read_log(out_dir(args), args.start_from_epoch)
     elif args.init_from:
-        sd = transformer_state_dict(load_checkpoint(args.init_from))
+        sd = {k: v for k, v in transformer_state_dict(load_checkpoint(args.init_from)).items() if k not in RECORD_KEYS}
         if code_tokens is not None:
             k_old = sd['tok_emb.weight'].shape[0] - 1
             sd, m = remap_codes(sd, *code_tokens, run.raw.num_codebook_vectors)
@@ -572,6 +617,22 @@ def resume(run, args, proc, code_tokens=None):
                      f"starts as that one")
         load_state_dict_checked(run.raw.transformer, sd, args.init_from)
         proc.log(f"starting from the weights of {args.init_from}")
+
+
+def with_record(ckpt):
+    """The state_dict of a train_state.pt or state_dict, with the tokenizer hash a train_state.pt records."""
+    sd = transformer_state_dict(ckpt)
+    saved = ckpt.get('tokenizer_sha256') if isinstance(ckpt, dict) else None
+    return {**sd, 'tokenizer_sha256': saved} if saved else sd
+
+
+def same_tokenizer(ckpt, run, path):
+    """Refuse to continue a checkpoint (train_state.pt or a state_dict) trained on another tokenizer's tokens."""
+    saved = ckpt.get('tokenizer_sha256') if isinstance(ckpt, dict) else None
+    if saved and run.tokenizer_sha256 and saved != run.tokenizer_sha256:
+        raise ValueError(f"{path} was trained on the tokens of another VQGAN (tokenizer sha256 {saved[:12]}...), not "
+                         f"this run's --vqgan-ckpt ({run.tokenizer_sha256[:12]}...): continue it with the VQGAN it was "
+                         f"trained on")
 
 
 def train_step(run, args, s, proc, data, order, i):
@@ -600,41 +661,57 @@ def train_step(run, args, s, proc, data, order, i):
     return loss, lr
 
 
+def max_steps_reached(run, args):
+    return args.max_steps is not None and run.step >= args.max_steps
+
+
 def train_epoch(run, args, s, proc, data, epoch):
-    """The steps of `epoch` (from where a resumed run stopped), saving every --ckpt-interval steps; returns
-    the throughput part of its log row."""
+    """The steps of `epoch` (from where a resumed run stopped), saving every --ckpt-interval steps and stopping
+    at --max-steps; returns the throughput part of its log row, and whether --max-steps cut the epoch short."""
     order = epoch_order(len(data.train), epoch, args.seed, proc.world, proc.rank)
     first = run.step - (epoch - 1) * run.steps_per_epoch  # > 0 only when resuming inside an epoch
-    t0 = time.time()
+    t0, done, cut = time.time(), 0, False
     bar = tqdm(range(first, run.steps_per_epoch), desc=f"epoch {epoch}/{s['epochs']}", disable=proc.rank != 0)
     for i in bar:
         loss, lr = train_step(run, args, s, proc, data, order, i)
+        done += 1
         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
-        if args.ckpt_interval > 0 and run.step % args.ckpt_interval == 0 and i + 1 < run.steps_per_epoch:
-            check_before_save(run, args, evaluate(run.raw, data.val[:CHECK_SEQUENCES], s, args.seed, proc.world,
-                                                  proc.rank, proc.device, proc.autocast, labels=data.val_labels)[0])
+        cut = max_steps_reached(run, args) and i + 1 < run.steps_per_epoch
+        if cut or args.ckpt_interval > 0 and run.step % args.ckpt_interval == 0 and i + 1 < run.steps_per_epoch:
+            val = data.val if cut else data.val[:CHECK_SEQUENCES]  # --max-steps: the whole val split, reported
+            val_loss = evaluate(run.raw, val, s, args.seed, proc.world, proc.rank, proc.device, proc.autocast,
+                                labels=data.val_labels)[0]
+            check_before_save(run, args, val_loss)
             if proc.rank == 0:
                 save_state(run, args)
+                if cut:
+                    save_checkpoint(run.weights(), args.checkpoint_path)
+            if cut:
+                proc.log(f"--max-steps {args.max_steps}: stopped at step {i + 1} of {run.steps_per_epoch} in epoch "
+                         f"{epoch}, val loss {val_loss:.4f}; saved {args.checkpoint_path} and {state_path(args)} "
+                         f"(--resume continues)")
+                break
     seconds = time.time() - t0
-    tokens = (run.steps_per_epoch - first) * s['batch_size'] * s['accum_grad'] * proc.world * run.raw.num_image_tokens
-    return dict(lr=lr, tokens_per_s=tokens / seconds, seconds=seconds)
+    tokens = done * s['batch_size'] * s['accum_grad'] * proc.world * run.raw.num_image_tokens
+    return dict(lr=lr, tokens_per_s=tokens / seconds, seconds=seconds), cut
 
 
 def end_of_epoch(run, args, s, proc, data, epoch, throughput):
     """Validate and check, then (rank 0) write the course's state_dict, transformer_epoch_N.pt every
     save_per_epoch epochs, train_state.pt and log.csv."""
-    val_loss, val_acc, val_hole_acc = evaluate(run.raw, data.val, s, args.seed, proc.world, proc.rank, proc.device,
-                                               proc.autocast, data.val_holes, data.val_labels)
+    val_loss, val_acc, val_hole_acc, val_hole_acc_class = evaluate(
+        run.raw, data.val, s, args.seed, proc.world, proc.rank, proc.device, proc.autocast, data.val_holes,
+        data.val_labels)
     check_before_save(run, args, val_loss)
     run.rows.append(dict(epoch=epoch, step=run.step, lr=throughput['lr'],
                          train_loss=run.epoch_loss_sum / run.epoch_steps, val_loss=val_loss, val_acc=val_acc,
                          val_hole_acc=val_hole_acc, tokens_per_s=throughput['tokens_per_s'],
-                         seconds=throughput['seconds']))
+                         seconds=throughput['seconds'], val_hole_acc_class=val_hole_acc_class))
     run.epoch, run.epoch_loss_sum, run.epoch_steps = epoch, 0.0, 0
     proc.log(f"epoch {epoch}: train loss {run.rows[-1]['train_loss']:.4f}, val loss {val_loss:.4f}, "
              f"val masked-token acc {val_acc:.4f}, val hole acc {val_hole_acc:.4f}")
     if proc.rank == 0:
-        sd = run.raw.transformer.state_dict()
+        sd = run.weights()
         if s['save_per_epoch'] and epoch % s['save_per_epoch'] == 0:
             save_checkpoint(sd, os.path.join(out_dir(args), f'transformer_epoch_{epoch}.pt'))
         save_checkpoint(sd, args.checkpoint_path)
@@ -644,9 +721,10 @@ def end_of_epoch(run, args, s, proc, data, epoch, throughput):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.export:
-        return export_checkpoint(args.export, args.out, transformer_state_dict)
+    if args.export:  # a train_state.pt's tokenizer_sha256 goes into the export
+        return export_checkpoint(args.export, args.out, with_record, args.overwrite)
     cfg, s, vq = read_configs(args)
+    stale = claim_outputs(args)
     classes = load_classes(args, cfg['model_param'])  # a conditional model's labels, checked before any output
     world, rank, device = setup_distributed(args.device)
     autocast, scaler = amp_setup(device, args.amp)
@@ -654,15 +732,27 @@ def main(argv=None):
     data = load_data(args, s, vq, proc, classes)
     code_tokens = (data.train, init_code_tokens(args, proc)) if args.init_codes_from else None
     run = build(args, cfg['model_param'], s, proc, scaler, count_steps(args, s, data, world),
-                None if classes is None else classes[0], code_tokens)
+                None if classes is None else classes[0], code_tokens, data.tokenizer_sha256)
+    if run.epoch >= s['epochs']:
+        raise ValueError(f"the run in {out_dir(args)} has finished epoch {run.epoch} of --epochs {s['epochs']}: "
+                         f"nothing to train (raise --epochs)")
+    if max_steps_reached(run, args):
+        raise ValueError(f"--max-steps {args.max_steps}: the run is already at step {run.step}: nothing to train")
+    if rank == 0:
+        remove_files(stale)  # --overwrite: no file of the earlier run outlives this one
     proc.log(f"{len(data.train)} train / {len(data.val)} val sequences, {run.steps_per_epoch} steps per epoch, "
              f"{sum(p.numel() for p in run.raw.transformer.parameters()) / 1e6:.1f}M parameters, "
              + (f"{len(classes[0])} classes (cond_drop {s['cond_drop']}), " if classes else "")
              + f"{world} process(es), {device}")
     run.model.train()
     for epoch in range(run.epoch + 1, s['epochs'] + 1):
-        throughput = train_epoch(run, args, s, proc, data, epoch)
+        throughput, cut = train_epoch(run, args, s, proc, data, epoch)
+        if cut:
+            break
         end_of_epoch(run, args, s, proc, data, epoch, throughput)
+        if max_steps_reached(run, args):
+            proc.log(f"--max-steps {args.max_steps}: stopped after epoch {epoch} (--resume continues)")
+            break
     if world > 1:
         dist.barrier()  # rank 0 may still be writing; tearing gloo down under it aborts the process
         dist.destroy_process_group()

@@ -2,11 +2,12 @@
 
     python training_vqgan.py --config configs/VQGAN_small.yml --threads 1
     python training_vqgan.py --config configs/VQGAN_small.yml --resume runs/vqgan_small/last.pt
-    python training_vqgan.py --export runs/vqgan_small/best.pt --out checkpoints/vqgan_small.pt
+    python training_vqgan.py --export runs/vqgan_small/best.pt --out runs/vqgan_small/export.pt
 
 The run folder gets log.csv (one validation row per epoch), recon_epochNNN.png (originals above
 reconstructions), last.pt and best.pt (highest validation PSNR). Checkpoints are dicts whose `model`
 entry is the plain state_dict the course's loader expects; --export writes that alone in fp16.
+A fresh run into a folder holding an earlier run's files is refused unless --resume or --overwrite.
 """
 import argparse
 import csv
@@ -28,8 +29,9 @@ from dataset import ImageDataset, data_stats, denormalize
 from models.discriminator import Discriminator
 from models.vqgan import VQGAN, model_state_dict
 from plots import save_grid
-from utils import (export_checkpoint, load_checkpoint, load_config, load_state_dict_checked, lr_factor,
-                   resolve_device, save_checkpoint, seed_everything)
+from configs_schema import DISCRIMINATOR, NONNEG, NONNEG_INT, POS_INT, VQGAN_CONFIG, Key, check_flags, validate
+from utils import (check_writable, claim_run_dir, export_checkpoint, load_checkpoint, load_config,
+                   load_state_dict_checked, lr_factor, remove_files, resolve_device, save_checkpoint, seed_everything)
 
 # The course VQGAN's training settings (configs/VQGAN.yml, the course's file, has no train: section); a config's
 # train: section overrides them key by key.
@@ -38,6 +40,10 @@ TRAIN_DEFAULTS = dict(batch_size=16, accum_grad=1, learning_rate=2.25e-4, betas=
                       disc_config='configs/Discriminator.yml', run_dir='runs/vqgan', lr_schedule='constant',
                       hflip=False, grad_weight=0.0)
 LR_SCHEDULES = ('constant', 'cosine')  # cosine: from learning_rate to 0 over the run's epochs, set every step
+RUN_FILES = ('last.pt', 'best.pt', 'log.csv', 'recon_epoch*.png')  # what a run writes in its folder
+FLAG_RULES = dict(batch_size=POS_INT, accum_grad=POS_INT, epochs=POS_INT, learning_rate=NONNEG,
+                  disc_start=NONNEG_INT, grad_weight=NONNEG, max_steps=POS_INT, max_minutes=NONNEG,
+                  partial=Key('number', lo=0, lo_open=True, hi=1), num_workers=NONNEG_INT, threads=POS_INT)
 CSV_FIELDS = ['epoch', 'step', 'train_loss', 'train_rec', 'train_q', 'val_l1', 'val_psnr', 'usage_pct',
               'perplexity', 'seconds']
 
@@ -65,6 +71,8 @@ def parse_args(argv=None):
     p.add_argument('--max-minutes', type=float, default=None, help='stop (validate, save) after this long')
     p.add_argument('--run-dir', default=None)
     p.add_argument('--resume', default=None, help='a last.pt/best.pt to continue from')
+    p.add_argument('--overwrite', action='store_true',
+                   help="replace an earlier run in --run-dir (its checkpoints, log, images), or --export's existing --out")
     p.add_argument('--init-from', default=None, metavar='CKPT',
                    help='start from these VQGAN weights (an export or a last.pt/best.pt): fresh optimisers, step 0')
     p.add_argument('--decoder-only', action='store_true',
@@ -241,10 +249,12 @@ class Run:
     decoder_only: bool = False      # only post_quant_conv and the decoder train (--decoder-only)
 
     def checkpoint(self, cfg, metrics):
+        cb = self.model.codebook  # its dead-code restart window: a resumed run restarts the codes the straight one does
         return dict(model=self.model.state_dict(), disc=self.disc.state_dict(), opt=self.opt.state_dict(),
                     opt_disc=self.opt_d.state_dict(), scaler=self.scaler.state_dict(), epoch=self.epoch,
                     step=self.step, best_psnr=self.best_psnr, rng=rng_state(self.loader_gen), config=cfg,
-                    metrics=metrics, decoder_only=self.decoder_only)
+                    metrics=metrics, decoder_only=self.decoder_only,
+                    codebook=dict(usage=cb.usage.cpu(), recent=cb.recent.cpu(), calls=cb.calls))
 
 
 @dataclass
@@ -268,7 +278,7 @@ def build(cfg, t, seed, device, init_from=None, decoder_only=False):
         model.requires_grad_(False)
         for m in (model.post_quant_conv, model.decoder):
             m.requires_grad_(True)
-    disc = Discriminator(load_config(t['disc_config'])['model_param']).to(device)
+    disc = Discriminator(validate(load_config(t['disc_config']), t['disc_config'], DISCRIMINATOR)['model_param']).to(device)
     opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=t['learning_rate'],
                            betas=tuple(t['betas']), eps=1e-8)
     opt_d = torch.optim.Adam(disc.parameters(), lr=t['learning_rate'], betas=tuple(t['betas']), eps=1e-8)
@@ -303,6 +313,11 @@ def resume(run, path):
     run.opt_d.load_state_dict(ck['opt_disc'])
     run.scaler.load_state_dict(ck['scaler'])
     run.epoch, run.step, run.best_psnr = ck['epoch'], ck['step'], ck['best_psnr']
+    if 'codebook' in ck:  # absent in checkpoints written before it was saved
+        cb = run.model.codebook
+        cb.usage.copy_(ck['codebook']['usage'])
+        cb.recent = ck['codebook']['recent'].to(cb.recent.device)
+        cb.calls = ck['codebook']['calls']
     set_rng_state(ck['rng'], run.loader_gen)
     print(f"resumed from {path}: epoch {run.epoch}, step {run.step}, best PSNR {run.best_psnr:.2f} dB")
 
@@ -341,6 +356,9 @@ def train_epoch(run, data, t, args, device, start):
                 or (args.max_minutes is not None and time.time() - start > 60 * args.max_minutes))
         if stop and i + 1 < len(data.train):  # at the last batch, let the loader finish: its sampler draws once
             break                               # more at the end, and a resume must find the straight run's RNG
+    # micro-batches after the epoch's last whole step: their gradients must not join the next epoch's first step
+    run.opt.zero_grad(set_to_none=True)
+    run.opt_d.zero_grad(set_to_none=True)
     return {f'train_{k}': v / max(n_batches, 1) for k, v in sums.items()}, stop
 
 
@@ -373,9 +391,8 @@ def end_of_epoch(run, data, t, cfg, device, losses, start):
 
 def train(args):
     """Run (or continue) a training; returns the last validation metrics with epoch and step."""
-    cfg = load_config(args.config)
-    if 'model_param' not in cfg:
-        raise ValueError(f"config {args.config} has no 'model_param' section")
+    cfg = validate(load_config(args.config), args.config, VQGAN_CONFIG)
+    check_flags(args, FLAG_RULES)
     t = train_settings(cfg, args)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -383,11 +400,14 @@ def train(args):
     device = resolve_device(args.device)
     if args.resume and args.init_from:  # refused before the run folder is made
         raise ValueError("--resume continues a run and --init-from starts one: give one of them")
-    os.makedirs(t['run_dir'], exist_ok=True)
+    check_writable(t['run_dir'], '--run-dir', folder=True)
+    stale = claim_run_dir(t['run_dir'], RUN_FILES, bool(args.resume), args.overwrite)
     run = build(cfg, t, args.seed, device, args.init_from, args.decoder_only)
     data = load_data(cfg, t, args, run.loader_gen, device)
     if args.resume:
         resume(run, args.resume)
+    remove_files(stale)  # --overwrite: no file of the earlier run outlives this one (log.csv is appended to)
+    os.makedirs(t['run_dir'], exist_ok=True)
     start, metrics, stopped = time.time(), {}, False
     run.model.train()
     run.disc.train()
@@ -402,7 +422,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         if args.export:
-            return export_checkpoint(args.export, args.out, model_state_dict)
+            return export_checkpoint(args.export, args.out, model_state_dict, args.overwrite)
         train(args)
     except NonFiniteLoss as e:
         run_dir = args.run_dir or train_settings(load_config(args.config), args)['run_dir']

@@ -3,6 +3,7 @@
 The data (images, masks, datasets) is dataset.py's; figures are plots.py's.
 """
 import contextlib
+import glob
 import hashlib
 import math
 import os
@@ -111,6 +112,29 @@ def check_writable(path, flag, folder=False):
         raise ValueError(f"{flag} {path} is not writable: no permission to write in {probe} (or read-only)")
 
 
+def claim_run_dir(folder, patterns, resume=False, overwrite=False):
+    """The files a fresh run into `folder` would replace (`patterns`: names or globs, with their .sha256
+    sidecars), for the caller to remove (remove_files) once every other check has passed. A fresh run
+    (no --resume) into a folder holding any of them is a one-line error unless --overwrite."""
+    if resume and overwrite:
+        raise ValueError("--resume continues a run and --overwrite replaces one: give one of them")
+    if resume:
+        return []
+    found = sorted({p for pat in patterns for p in glob.glob(os.path.join(glob.escape(folder), pat))})
+    found += [f"{p}.sha256" for p in found if os.path.exists(f"{p}.sha256")]
+    if found and not overwrite:
+        names = ', '.join(os.path.basename(p) for p in found[:3]) + (', ...' if len(found) > 3 else '')
+        raise ValueError(f"{folder} holds an earlier run ({names}): give --resume to continue it or --overwrite "
+                         f"to replace it (or another folder)")
+    return found
+
+
+def remove_files(paths):
+    for p in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(p)
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 def sha256_file(path, chunk=1 << 20):
@@ -187,19 +211,32 @@ def export_state_dict(state_dict, path, dtype=torch.float16):
     return sd
 
 
-def export_checkpoint(src, out, state_dict_of=lambda ck: ck):
+def export_checkpoint(src, out, state_dict_of=lambda ck: ck, overwrite=False):
     """The --export of the training scripts: the state_dict in checkpoint `src` (picked by state_dict_of)
-    written to `out` in fp16 with its sidecar, and a line saying so."""
+    written to `out` in fp16 with its sidecar, and a line saying so. `out` may not be `src` (the training
+    checkpoint would be lost) nor, without --overwrite, any file that exists (e.g. a shipped checkpoint)."""
     if not out:
         raise ValueError("--export needs --out")
+    if os.path.exists(src) and os.path.exists(out) and os.path.samefile(src, out):
+        raise ValueError(f"--out {out} is the checkpoint being exported: writing it would lose the training "
+                         f"state; give another --out")
+    if os.path.lexists(out) and not overwrite:
+        raise ValueError(f"--out {out} exists: give another path, or --overwrite to replace it")
+    check_writable(out, '--out')
     sd = export_state_dict(state_dict_of(load_checkpoint(src)), out)
     tensors = [v for v in sd.values() if torch.is_tensor(v)]  # besides e.g. a model's class names
     print(f"wrote {out}: {len(tensors)} tensors, {sum(v.numel() for v in tensors) / 1e6:.2f}M values, fp16")
 
 
+# Entries a checkpoint carries beside a module's own keys (record, not weights): the transformer's tokenizer hash.
+RECORD_KEYS = ('tokenizer_sha256',)
+
+
 def load_state_dict_checked(module, state_dict, source):
     """Strict load whose error names the first missing/unexpected/mismatching key and both shapes (entries
-    that are not tensors, such as a module's extra state, have their type for a shape)."""
+    that are not tensors, such as a module's extra state, have their type for a shape). RECORD_KEYS are
+    not the module's and are skipped."""
+    state_dict = {k: v for k, v in state_dict.items() if k not in RECORD_KEYS}
     own = module.state_dict()
     shape = lambda v: tuple(v.shape) if torch.is_tensor(v) else type(v).__name__
     for k, v in state_dict.items():

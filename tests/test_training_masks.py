@@ -228,5 +228,5 @@ def test_encoder_script_resumes_bit_for_bit_and_names_a_missing_key(lab, tmp_pat
     assert all(torch.equal(a['model'][k], b['model'][k]) for k in a['model'])
     del cfg['train_encoder']['clean_frac']
     (tmp_path / 'vq.yml').write_text(yaml.safe_dump(cfg))
-    with pytest.raises(ValueError, match=r"^config \S*vq\.yml: train_encoder\.clean_frac is missing"):
+    with pytest.raises(ValueError, match=r"^config \S*vq\.yml: key train_encoder\.clean_frac is missing"):
         te.main(base)
