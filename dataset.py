@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from utils import atomic_open
@@ -77,10 +77,16 @@ def rgb_over_white(img):
     return Image.alpha_composite(white, img).convert('RGB')
 
 
+def upright(img):
+    """The image as displayed: its EXIF orientation applied (a phone's JPEG is stored sideways), tag removed."""
+    return ImageOps.exif_transpose(img)
+
+
 def load_rgb(path):
+    """An image file -> PIL RGB, upright (EXIF orientation applied); one-line error naming an unreadable file."""
     try:
         with Image.open(path) as img:
-            return img.convert('RGB')
+            return upright(img).convert('RGB')
     except Exception as e:
         raise ValueError(f"cannot read image {path}: {str(e).splitlines()[0]}") from None
 
@@ -100,7 +106,7 @@ def load_mask(path, threshold=None):
     threshold: values >= threshold become 1, the others 0 (for masks that are not exactly 0/255)."""
     try:
         with Image.open(path) as img:
-            img = img.convert('L')
+            img = upright(img).convert('L')
     except Exception as e:
         raise ValueError(f"cannot read mask {path}: {str(e).splitlines()[0]}") from None
     if threshold is not None:
@@ -134,13 +140,14 @@ def load_user_pair(image_path, mask_path, size, invert=False):
     """inpainting.py's --image / --mask: (image [3, size, size] in [0, 1], keep [1, size, size] float (1 = keep),
     a one-line note or None).
 
-    The image, transparency over white, is centre-cropped to a square when it is not one and resized
+    Both files are read upright (their EXIF orientation applied: a phone's photo and a mask drawn on it as
+    displayed). The image, transparency over white, is centre-cropped to a square when it is not one and resized
     (antialiased) to size x size; the note says which. The mask, any size, 0 = hole (values below
     MASK_THRESHOLD; `invert` flips it), is resized (nearest) to the image's size, then cropped and resized
     (nearest) like the image. mask_path None: everything kept. Unreadable files: one-line errors naming them."""
     try:
         with Image.open(image_path) as img:
-            img = rgb_over_white(img)
+            img = rgb_over_white(upright(img))
     except Exception as e:
         raise ValueError(f"cannot read image {image_path}: {str(e).splitlines()[0]}") from None
     w, h = img.size
@@ -154,8 +161,8 @@ def load_user_pair(image_path, mask_path, size, invert=False):
     if mask_path is None:
         return image, torch.ones(1, size, size), note
     check_mask(mask_path)  # readable, binary (not a 0/1 mask, not a photo)
-    with Image.open(mask_path) as m:
-        m = m.convert('L').resize((w, h), Image.Resampling.NEAREST)
+    with Image.open(mask_path) as m:  # drawn on the image as displayed: both upright
+        m = upright(m).convert('L').resize((w, h), Image.Resampling.NEAREST)
     a = np.asarray(m.crop(crop).resize((size, size), Image.Resampling.NEAREST))
     keep = torch.from_numpy((a < MASK_THRESHOLD) if invert else (a >= MASK_THRESHOLD)).float()[None]
     return image, keep, note
@@ -289,13 +296,12 @@ class PairedTestDataset(Dataset):
         for img_path, mask_path in zip(self.images, self.masks):
             try:
                 with Image.open(img_path) as img:
-                    img.convert('RGB')  # decodes all of it: a truncated file fails here, not mid-run
-                    img_size = img.size
+                    img_size = upright(img).convert('RGB').size  # decodes all of it: a truncated file fails here
             except Exception as e:
                 raise ValueError(f"cannot read image {img_path}: {str(e).splitlines()[0]}") from None
             hole, off = check_mask(mask_path)
             with Image.open(mask_path) as m:
-                mask_size = m.size
+                mask_size = upright(m).size
             for path, got in ((img_path, img_size), (mask_path, mask_size)):
                 if size is not None and got != tuple(size):
                     raise ValueError(f"{path} is {got[0]}x{got[1]} but the model takes {size[0]}x{size[1]} "
@@ -342,11 +348,53 @@ def write_gt_csv(images, path):
         np.savetxt(f, flat, fmt='%d', delimiter=',')
 
 
+def _is_gt_header(line):
+    """Whether the first line of a ground-truth CSV is a header: not a row of pixels (all integers 0..255), or
+    the course's header itself (the column numbers 0, 1, ..., W-1; pixels of a tiny image could look alike)."""
+    try:
+        values = [int(c) for c in line.strip().split(',')]
+    except ValueError:
+        return True
+    return values == list(range(len(values))) or not all(0 <= v <= 255 for v in values)
+
+
+def _gt_csv_problem(path, header):
+    """The first line of a ground-truth CSV that is not a row of pixels, as 'line N: what' (None: none found)."""
+    width = None
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if (n == 1 and header) or not line.strip():
+                continue
+            cells = line.strip().split(',')
+            for c in cells:
+                try:
+                    v = int(c)
+                except ValueError:
+                    return f"line {n}: {c.strip()[:20]!r} is not an integer"
+                if not 0 <= v <= 255:
+                    return f"line {n}: value {v} is outside 0..255"
+            if width is not None and len(cells) != width:
+                return f"line {n} has {len(cells)} values, the lines before it {width}"
+            width = len(cells)
+    return None
+
+
 def read_gt_csv(path):
-    """The course's ground-truth CSV -> uint8 [N, S, S, 3]; a width that is not 3*S*S is a clear error."""
+    """The course's ground-truth CSV -> uint8 [N, S, S, 3]; a width that is not 3*S*S is a clear error.
+
+    The first line is a header (the course's: the column numbers) and skipped, unless it is a row of pixels (all
+    integers 0..255, and not exactly 0, 1, ..., W-1): a CSV written without a header is read from its first line,
+    so no image is lost. A line that is not a row of pixels (a value that is not an integer in 0..255, a length
+    unlike the others) is a one-line error naming the file and the line."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"ground-truth CSV not found: {path}")
-    flat = np.loadtxt(path, delimiter=',', skiprows=1, dtype=np.int64, ndmin=2)
+    with open(path) as f:
+        header = _is_gt_header(f.readline())
+    try:
+        flat = np.loadtxt(path, delimiter=',', skiprows=int(header), dtype=np.int64, ndmin=2)
+    except ValueError as e:  # numpy's message names neither the file nor, for some errors, the line
+        problem = _gt_csv_problem(path, header) or str(e).splitlines()[0]
+        raise ValueError(f"ground-truth CSV {path}, {problem}") from None
     if flat.size == 0:
         raise ValueError(f"ground-truth CSV {path} has no rows")
     side = int(round((flat.shape[1] / 3) ** 0.5))
@@ -354,5 +402,5 @@ def read_gt_csv(path):
         raise ValueError(f"ground-truth CSV {path} has rows of {flat.shape[1]} values; expected 3*S*S "
                          f"(12288 for 64x64 RGB)")
     if flat.min() < 0 or flat.max() > 255:
-        raise ValueError(f"ground-truth CSV {path} has values outside 0..255")
+        raise ValueError(f"ground-truth CSV {path}, {_gt_csv_problem(path, header)}")
     return flat.astype(np.uint8).reshape(len(flat), side, side, 3)

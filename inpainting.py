@@ -13,10 +13,13 @@ holes), and --image PATH --mask PATH for one image of one's own, which writes <s
 <stem>_steps.png (input | each step) instead.
 Before anything is written, every image and mask is decoded in full and checked (pairs by number without
 ambiguity, sizes, binary masks: a 0/1 mask or a non-mask is refused, a lossy one thresholded at 128 with a
-note, one almost all hole warned about) and --output-dir is checked for writing; errors are one line.
+note, one almost all hole warned about) and --output-dir is checked for writing; errors are one line. Files an
+earlier run left in test_results/, mask_scheduling/ or imga/ that this run will not write are refused (they would
+mix into the FID), or deleted with --overwrite.
 """
 import argparse
 import os
+import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
@@ -32,6 +35,7 @@ from models.baselines import have_opencv, opencv_fill
 from models.decoding import CFG_SCHEDULES, SCHEDULES, DecodeSettings, decode, image_seeds
 from models.maskgit import MaskGit, transformer_state_dict
 from models.masks import OUTPAINT_REGIONS, box_keep, fill_holes, latent_mask, normalised_fill, outpaint_keep
+from models.token_cache import tokenizer_sha256
 from models.transformer import check_guidance, class_id, require_classes
 from models.vqgan import load_vqgan
 from plots import save_grid
@@ -75,6 +79,7 @@ def add_decoding_args(parser):
 
 # the shipped openclipart pair: the class-conditional model, plain inpainting under its null class (RESULTS.md)
 DEFAULT_CONFIG = 'configs/MaskGit_small_cond.yml'
+CONDITIONAL_CONFIG, UNCONDITIONAL_CONFIG = DEFAULT_CONFIG, 'configs/MaskGit_small.yml'  # named in pairing errors
 
 
 def add_model_args(parser, what='transformer checkpoint'):
@@ -89,6 +94,13 @@ def add_model_args(parser, what='transformer checkpoint'):
     parser.add_argument('--vqgan-ckpt', default=None, help="VQGAN checkpoint (default: VQ_CKPT_path of the config)")
     parser.add_argument('--amp', action='store_true', help="bfloat16 autocast for the networks")
     return parser
+
+
+def unused_decoding_flag(args):
+    """The error of a decoding flag that would do nothing, or None: --cfg-schedule shapes a --cfg-scale > 0."""
+    if args.cfg_schedule is not None and not args.cfg_scale:
+        return f"--cfg-schedule {args.cfg_schedule} shapes the guidance of --cfg-scale W > 0; give --cfg-scale"
+    return None
 
 
 def parse_box(text):
@@ -115,6 +127,9 @@ def parse_args(argv=None):
     p.add_argument('--test-maskedimage-path', default='data/openclipart/masked_image')
     p.add_argument('--test-mask-path', default='data/openclipart/mask64')
     p.add_argument('--output-dir', default='.', help="where test_results/, mask_scheduling/, imga/ go")
+    p.add_argument('--overwrite', action='store_true',
+                   help="delete the files of test_results/, mask_scheduling/, imga/ this run does not write (an "
+                        "earlier run's); without it such files are refused: they would mix into the FID")
     add_decoding_args(p)
     p.add_argument('--paste-known', action='store_true', help="composite the input's known pixels over the result")
     p.add_argument('--gallery', type=int, default=0, metavar='N',
@@ -161,6 +176,15 @@ def parse_args(argv=None):
         p.error("--labels is for the test folders, not --image (use --class)")
     if args.labels_split and not args.labels:
         p.error("--labels-split needs --labels")
+    if args.gt_path and not args.gallery:
+        p.error("--gt-path is the last column of --gallery N's rows; give --gallery")
+    if args.image and args.partial != 1.0:
+        p.error("--partial is for the test folders, not --image")
+    if args.overwrite and args.image:
+        p.error("--overwrite is for the test folders' outputs, not --image")
+    unused = unused_decoding_flag(args)
+    if unused:
+        p.error(unused)
     if args.labels and not args.labels_split:  # test/ unless the folder is prepare_dataset.py's val_masked_image
         folder = os.path.basename(os.path.normpath(args.test_maskedimage_path))
         args.labels_split = 'val' if folder.startswith('val_') else 'test'
@@ -173,7 +197,8 @@ def parse_args(argv=None):
 
 def load_maskgit(args, device, transformer=True):
     """(MaskGit with its VQGAN and trained transformer on `device`, config dict); with transformer=False the
-    transformer stays untrained and no checkpoint is read (what uses the tokenizer alone, e.g. its rFID)."""
+    transformer stays untrained and no checkpoint is read (what uses the tokenizer alone, e.g. its rFID). A
+    transformer checkpoint that does not belong with the VQGAN or the config is refused first (check_pairing)."""
     cfg = load_config(args.MaskGitConfig)
     mp = cfg.get('model_param')
     if not isinstance(mp, dict) or 'VQ_Configs' not in mp:
@@ -187,8 +212,34 @@ def load_maskgit(args, device, transformer=True):
     if not ckpt:
         raise ValueError(f"no transformer checkpoint: pass --load-transformer-ckpt-path or set 'checkpoint: path:' "
                          f"in {args.MaskGitConfig}")
-    load_state_dict_checked(model.transformer, transformer_state_dict(load_checkpoint(ckpt)), ckpt)
+    sd = transformer_state_dict(load_checkpoint(ckpt))
+    vq_ckpt = (args.vqgan_ckpt or vq.get('VQ_CKPT_path')
+               or (load_config(vq['VQ_config_path']).get('checkpoint') or {}).get('path'))  # load_vqgan's choice
+    check_pairing(sd, ckpt, model, args.MaskGitConfig, vq_ckpt)
+    load_state_dict_checked(model.transformer, sd, ckpt)  # skips the tokenizer_sha256 record
     return model.to(device).eval(), cfg
+
+
+def check_pairing(sd, ckpt, model, config, vq_ckpt):
+    """One-line errors for a transformer state_dict `sd` (from file ckpt) that does not belong with the model:
+    trained on the tokens of another VQGAN than vq_ckpt (its 'tokenizer_sha256', written by
+    training_transformer.py; checkpoints without it are not checked), or class-conditional under a config
+    without classes, or the reverse (which config to use instead, rather than a missing key)."""
+    saved = sd.get('tokenizer_sha256')
+    given = tokenizer_sha256(vq_ckpt) if isinstance(saved, str) else None
+    if given and saved != given:
+        raise ValueError(f"transformer checkpoint {ckpt} was trained on the tokens of another VQGAN than {vq_ckpt} "
+                         f"(tokenizer sha256 {saved[:12]}... vs {given[:12]}...): give the --vqgan-ckpt it was "
+                         f"trained with, or its config")
+    conditional = any(k.startswith('class_emb.') for k in sd)
+    if conditional and model.transformer.class_emb is None:
+        raise ValueError(f"transformer checkpoint {ckpt} is class-conditional (has class_emb) but {config} builds an "
+                         f"unconditional model: use a config with Transformer_param num_classes, e.g. "
+                         f"{CONDITIONAL_CONFIG}")
+    if not conditional and model.transformer.class_emb is not None:
+        raise ValueError(f"transformer checkpoint {ckpt} is unconditional (no class_emb) but {config} builds a "
+                         f"class-conditional model: use a config without Transformer_param num_classes, e.g. "
+                         f"{UNCONDITIONAL_CONFIG}")
 
 
 def check_inputs(data, res):
@@ -294,15 +345,50 @@ class Inpainter:
         return steps, (self.paste(imgs, masks, steps[-1]) if self.paste_known else steps[-1])
 
 
+TEMP_FILE = re.compile(r'^\..+\.tmp\d+$')  # utils.atomic_open's temporary names: a write in progress, not an output
+OUTPUT_FOLDERS = {'test_results': 'image_{:03d}.png', 'mask_scheduling': 'test_{}.png', 'imga': 'test_{}.png'}
+
+
+def stale_outputs(output_dir, ids):
+    """{folder: [files]} of the files in --output-dir's OUTPUT_FOLDERS that a run on images `ids` will not
+    write (an earlier run's), sorted; folders without any are left out."""
+    stale = {}
+    for sub, name in OUTPUT_FOLDERS.items():
+        d = os.path.join(output_dir, sub)
+        if os.path.isdir(d):
+            ours = {name.format(i) for i in ids}
+            files = sorted(n for n in os.listdir(d) if n not in ours and not TEMP_FILE.match(n)
+                           and not os.path.isdir(os.path.join(d, n)))
+            if files:
+                stale[sub] = files
+    return stale
+
+
+def clear_stale_outputs(output_dir, ids, overwrite):
+    """Refuse (one line naming the folder and a count) the files an earlier run left in the output folders,
+    which would pass the FID's count check beside this run's; with overwrite, delete exactly those and say so."""
+    stale = stale_outputs(output_dir, ids)
+    if stale and not overwrite:
+        sub, files = next(iter(stale.items()))
+        raise ValueError(f"--output-dir {output_dir}: {sub}/ holds {len(files)} file(s) this run will not write "
+                         f"(e.g. {files[0]}, an earlier run's?); they would mix into the FID: pass --overwrite to "
+                         f"delete them, or use another --output-dir")
+    for sub, files in stale.items():
+        for name in files:
+            os.remove(os.path.join(output_dir, sub, name))
+        print(f"--overwrite: deleted {len(files)} file(s) of an earlier run from {os.path.join(output_dir, sub)}",
+              file=sys.stderr)
+
+
 def write_results(output_dir, ids, shown, steps, final, masks, latent_res):
     """The three per-image files of one batch, from CPU tensors (runs in the writer thread)."""
     S, img_res = steps.shape[0], final.shape[-1]
     tiles = mask_tiles(masks, latent_res, img_res)                              # [S+1, B, 3, H, W]
     for b, i in enumerate(ids):
-        atomic_save_image(tensor01_to_pil(final[b]), os.path.join(output_dir, 'test_results', f'image_{i:03d}.png'))
-        save_grid(tiles[:, b], os.path.join(output_dir, 'mask_scheduling', f'test_{i}.png'), nrow=S + 1)
-        save_grid(torch.cat([shown[b:b + 1], steps[:, b]]), os.path.join(output_dir, 'imga', f'test_{i}.png'),
-                  nrow=S + 1)
+        path = {sub: os.path.join(output_dir, sub, name.format(i)) for sub, name in OUTPUT_FOLDERS.items()}
+        atomic_save_image(tensor01_to_pil(final[b]), path['test_results'])
+        save_grid(tiles[:, b], path['mask_scheduling'], nrow=S + 1)
+        save_grid(torch.cat([shown[b:b + 1], steps[:, b]]), path['imga'], nrow=S + 1)
 
 
 def gt_file(gt_root, i):
@@ -411,6 +497,9 @@ def run(args):
     device, model, cfg, settings = setup(args)
     mean, std = data_stats(cfg, 'test')
     label = class_label(model, settings, args.class_name, args.MaskGitConfig)
+    if settings.cfg_scale > 0 and args.class_name is None and not args.labels:  # would guide nothing
+        raise ValueError(f"--cfg-scale {settings.cfg_scale} guides towards a class: give --class or --labels "
+                         f"(without them every image is decoded unguided, under the null class)")
     keep = region_keep(args, model.vqgan)
     if not args.image:
         data = PairedTestDataset(args.test_maskedimage_path, args.test_mask_path, args.partial, mean, std)
@@ -428,6 +517,7 @@ def run(args):
             raise FileNotFoundError(f"--gt-path: no ground truth {missing[0]} for the gallery")
         for i in data.indices[:min(args.gallery, args.batch_size)]:
             load_rgb(gt_file(args.gt_path, i))  # decoded in full now: a broken file is named before any output
+    clear_stale_outputs(args.output_dir, data.indices, args.overwrite)  # the last check: deletes under --overwrite
     loader = DataLoader(data, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers)
     with ThreadPoolExecutor(max_workers=1) as writer:  # PNGs of one batch are written while the next decodes
         pending = None
