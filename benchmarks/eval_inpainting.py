@@ -5,7 +5,9 @@
         --runs ours=--total-iter,8 --baselines all                               # once per shipped candidate
 
 Every run fills the same masked images (the split's fixed masks from prepare_dataset.py) and is scored
-against the split's ground truth, whose Inception statistics are computed once per output folder.
+against the split's ground truth, whose Inception statistics are computed once per output folder and dataset
+(OUT/gt_stats_<split>_<n>_<fingerprint>.npz: a rebuilt dataset gets its own). --split holdout: the held-out
+categories' split of prepare_dataset.py (DATA/holdout_masked_image, ...).
 Decoding runs are inpainting.py's Inpainter with `--paste-known` and the run's decoding flags. Baselines on the
 same masks: OpenCV Telea and Navier-Stokes (radius 3), the mean known colour, and the tokenizer alone:
 `vqgan_recon` (the whole ground truth through encode/decode: rFID) and `vqgan_recon_paste` (the same with
@@ -27,15 +29,13 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script: the repo root
 import inpainting  # noqa: E402
-from dataset import (PairedTestDataset, data_stats, denormalize, load_rgb, normalize, pil_to_tensor01,  # noqa: E402
-                     tensor01_to_pil)
-from fid import compute_fid  # noqa: E402
+from benchmarks.common import SPLITS, fid_of, gt_stats, hole_errors, load_images, split_data  # noqa: E402
+from dataset import data_stats, denormalize, normalize, tensor01_to_pil  # noqa: E402
 from models.baselines import have_opencv, mean_fill, opencv_fill  # noqa: E402
 from plots import save_grid  # noqa: E402
 from utils import atomic_open, atomic_save_image, resolve_device  # noqa: E402
 
 BASELINES = ('telea', 'navier_stokes', 'mean_fill', 'vqgan_recon', 'vqgan_recon_paste')
-SPLITS = {'val': ('val_masked_image', 'val_mask64', 'val'), 'test': ('masked_image', 'mask64', 'test')}
 COMPARE_ROWS = 8
 
 
@@ -48,17 +48,6 @@ def baseline(name, model, imgs, masks, gt, mean, std):
         return mean_fill(shown, masks)
     out = denormalize(model.vqgan.decode_indices(model.vqgan.encode_indices(normalize(gt, mean, std))), mean, std)
     return masks * shown + (1 - masks) * out if name == 'vqgan_recon_paste' else out
-
-
-def hole_errors(out, gt, masks):
-    """Per-image (L1 in 0..255 levels, PSNR in dB) over the hole pixels; images [B, 3, H, W] in [0, 1]."""
-    hole = (1 - masks).expand_as(out)
-    n = hole.sum((1, 2, 3)).clamp(min=1)
-    q = lambda x: (x * 255 + 0.5).floor() / 255                # what the saved PNG holds
-    diff = q(out) - q(gt)
-    l1 = (diff.abs() * hole).sum((1, 2, 3)) / n * 255
-    mse = (diff.pow(2) * hole).sum((1, 2, 3)) / n
-    return l1, 10 * torch.log10(1 / mse.clamp(min=1e-10))
 
 
 def parse_runs(specs, seed=None):
@@ -84,9 +73,11 @@ def parse_runs(specs, seed=None):
     return runs
 
 
+@torch.no_grad()  # not set_grad_enabled(False): a caller's (a test's) grad mode survives
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--split', choices=SPLITS, default='val', help='val: every choice is made here; test: report')
+    p.add_argument('--split', choices=SPLITS, default='val',
+                   help='val: every choice is made here; test: report; holdout: the held-out categories')
     p.add_argument('--out', default=None, help='output folder (default results/eval_<split>)')
     p.add_argument('--data', default='data/openclipart', help='dataset in the course layout (prepare_dataset.py)')
     p.add_argument('--MaskGitConfig', default=inpainting.DEFAULT_CONFIG)
@@ -110,29 +101,34 @@ def main(argv=None):
         p.error(f"--baselines: unknown {bad[0]}; choose from {', '.join(BASELINES)} or all")
     if {'telea', 'navier_stokes'} & set(baselines) and not have_opencv():
         p.error("the OpenCV baselines need opencv-python-headless: pip install -r requirements-dev.txt")
-    torch.set_grad_enabled(False)
     out_dir = a.out or os.path.join('results', f'eval_{a.split}')
     runs = parse_runs(a.runs, a.seed)
     device = resolve_device(None if a.device == 'auto' else a.device)
     model, cfg = inpainting.load_maskgit(a, device, transformer=bool(runs))  # baselines alone: no transformer
-    settings = {name: inpainting.decoding_settings(ns, cfg['model_param']) for name, (_, ns) in runs.items()}
+    settings = {}
+    for name, (_, ns) in runs.items():  # the config's values and the model's bounds on the run's flags
+        try:
+            settings[name] = inpainting.decoding_settings(ns, cfg['model_param'])
+        except ValueError as e:
+            raise SystemExit(f"error: --runs {name}: {e}")
     mean, std = data_stats(cfg, 'test')
-    img_dir, mask_dir, gt_dir = (os.path.join(a.data, d) for d in SPLITS[a.split])
-    data = PairedTestDataset(img_dir, mask_dir, a.partial, mean, std)
-    gt_files = [os.path.join(gt_dir, os.path.basename(f)) for f in data.images]
-    missing = [f for f in gt_files if not os.path.isfile(f)]
-    if missing:
-        raise SystemExit(f"no ground truth {missing[0]} for {data.images[0]} (rebuild with prepare_dataset.py)")
+    try:
+        data, gt_files = split_data(a.data, a.split, mean, std, a.partial)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {e}")
     try:  # a run's --cfg-scale and --labels refused in one line on an unconditional model, before any output
         for s in settings.values():
             inpainting.class_label(model, s, None, a.MaskGitConfig)
         label = a.labels and inpainting.image_labels(model, a.labels, SPLITS[a.split][2], data, a.MaskGitConfig)
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: {e}")
-    gt_all = torch.stack([pil_to_tensor01(load_rgb(f)) for f in gt_files])              # [N, 3, H, W]
-    stats = os.path.join(out_dir, f'gt_stats_{a.split}_{len(data)}.npz')
-    gt_src = os.path.join(a.data, f'{a.split}_gt.csv') if a.partial == 1 else os.path.join(out_dir, 'gt')
-    if a.partial < 1:
+    gt_all = load_images(gt_files)                                                      # [N, 3, H, W]
+    try:
+        stats = gt_stats(out_dir, a.split, gt_files, gt_all, os.path.join(a.data, f'{a.split}_gt.csv')
+                         if a.partial == 1 else None, device)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {e}")
+    if a.partial < 1:  # the subset's ground truth as a folder, e.g. for fid_bootstrap.py --gt
         for f, x in zip(gt_files, gt_all):
             atomic_save_image(tensor01_to_pil(x), os.path.join(out_dir, 'gt', os.path.basename(f)))
     loader = DataLoader(data, batch_size=a.batch_size, shuffle=False)
@@ -167,8 +163,7 @@ def main(argv=None):
             if name not in shown_rows:
                 shown_rows[name] = out[:COMPARE_ROWS].float().cpu()
         seconds = time.time() - t0
-        fid = compute_fid(folder, stats if os.path.isfile(stats) else gt_src, device=device,
-                          save_stats_path=None if os.path.isfile(stats) else stats)
+        fid = fid_of(folder, stats, device)
         results[name] = dict(fid=fid, hole_l1=torch.cat(l1s).mean().item(), hole_psnr=torch.cat(psnrs).mean().item(),
                              flags=runs[name][0] if run_settings else None, labels=a.labels if run_settings else None,
                              split=a.split, images=len(data), seconds=round(seconds, 1))

@@ -5,17 +5,19 @@
         --features-cache results/fid_features --out results/eval_val/bootstrap.json \
         --masks data/openclipart/val_mask64          # also hole-only L1 / PSNR over the same resamples
 
---gt: a folder of images, or the course's ground-truth CSV (eval_inpainting.py scores against DATA/val_gt.csv or
-DATA/test_gt.csv, or OUT/gt with --partial). Images are aligned by sorted file name: each run folder must hold
-exactly the GT folder's image names. A CSV lists no names: its row i is the split's i-th image (prepare_dataset.py
-numbers them image_{i}, and eval_inpainting.py keeps those names), so the run folders must then hold the same
-names as each other, as many as the CSV's rows, and row i is matched to the i-th name in sorted order.
+--gt: a folder of images, or the course's ground-truth CSV (eval_inpainting.py scores against DATA/val_gt.csv,
+DATA/test_gt.csv or DATA/holdout_gt.csv, or OUT/gt with --partial). Images are paired by the number in their
+file name (image_7.png <-> image_007.png), as inpainting.py pairs them: each run folder must hold images of
+exactly the GT folder's numbers. A CSV lists no names: its row i is the split's image numbered i
+(prepare_dataset.py numbers them image_{i}, and eval_inpainting.py keeps those numbers), so the run folders must
+then hold the numbers 0..rows-1.
 Features (Inception pool3, 2048) are cached per source in --features-cache as .npy, keyed by the absolute path
 and the files' names, sizes and mtimes. Prints a markdown table; --out writes the same as JSON.
 Read the interval of the DIFFERENCE: bootstrap FIDs are biased upward (fid/bootstrap.py).
---masks: the split's mask folder (255 = known, 0 = hole; thresholded at 128), row i = the i-th mask by sorted
-name. Adds a second table: each run's mean hole L1 (0..255 levels) and hole PSNR (dB) against the ground truth
-(eval_inpainting.py's hole_errors, per image), and their differences over the same resamples as the FID.
+--masks: the split's mask folder (255 = known, 0 = hole; thresholded at 128), mask_{i} the hole of image_{i}.
+Adds a second table: each run's mean hole L1 (0..255 levels) and hole PSNR (dB) against the ground truth
+(benchmarks/common.py's hole_errors, per image, as eval_inpainting.py), and their differences over the same
+resamples as the FID.
 """
 import argparse
 import hashlib
@@ -28,8 +30,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script: the repo root
-from benchmarks.eval_inpainting import hole_errors  # noqa: E402
-from dataset import MASK_THRESHOLD, list_images, load_mask  # noqa: E402
+from benchmarks.common import hole_errors  # noqa: E402
+from dataset import MASK_THRESHOLD, files_by_number, list_images, load_mask  # noqa: E402
 from fid import score as fs  # noqa: E402
 from fid.bootstrap import paired_bootstrap, resample_indices, summarise  # noqa: E402
 from utils import atomic_open, check_writable, files_fingerprint, resolve_device  # noqa: E402
@@ -56,8 +58,14 @@ def parse_runs(specs):
     return runs
 
 
-def names_of(folder):
-    return [os.path.basename(p) for p in list_images(folder)]
+def numbered(folder, what='image'):
+    """{number: path} of a folder's images (dataset.files_by_number); a file without a number is an error."""
+    paths = list_images(folder, what=what)
+    by_number = files_by_number(paths, what, folder)
+    if len(by_number) < len(paths):
+        stray = next(p for p in paths if p not in set(by_number.values()))
+        raise ValueError(f"{stray} has no number in its name: images are paired by number")
+    return by_number
 
 
 def csv_rows(path):
@@ -67,38 +75,60 @@ def csv_rows(path):
 
 
 def check_names(gt, runs):
-    """The image names every source is aligned by; a run folder with other names is an error naming it."""
+    """(the image numbers every source is paired by, ascending; {folder: its files in that order}). A run folder
+    with other numbers is an error naming it; a CSV's row i is the image numbered i."""
     is_csv = gt.lower().endswith('.csv')
-    want = names_of(next(iter(runs.values()))) if is_csv else names_of(gt)
+    first = next(iter(runs.values()))
+    try:
+        want = numbered(first if is_csv else gt)
+    except ValueError as e:
+        fail(f"{'--runs ' + next(iter(runs)) if is_csv else '--gt'}: {e}")
+    files = {} if is_csv else {gt: want}
     for name, folder in runs.items():
-        have = names_of(folder)
-        if have != want:
+        try:
+            have = numbered(folder)
+        except ValueError as e:
+            fail(f"--runs {name}: {e}")
+        if set(have) != set(want):
             missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
-            other = f"the first run's ({next(iter(runs.values()))})" if is_csv else f"the ground truth's ({gt})"
-            fail(f"--runs {name}: the image names in {folder} differ from {other}: {len(missing)} missing "
-                 f"{missing[:3]}, {len(extra)} extra {extra[:3]}")
-    if len(want) < 2:
-        fail(f"FID needs at least 2 images, got {len(want)}")
-    if is_csv and csv_rows(gt) != len(want):
-        fail(f"the run folders hold {len(want)} images but the ground-truth CSV {gt} has {csv_rows(gt)} rows")
-    return want
+            other = f"the first run's ({first})" if is_csv else f"the ground truth's ({gt})"
+            fail(f"--runs {name}: the image numbers in {folder} differ from {other}: {len(missing)} missing "
+                 f"{[os.path.basename(want[k]) for k in missing[:3]]}, {len(extra)} extra "
+                 f"{[os.path.basename(have[k]) for k in extra[:3]]}")
+        files[folder] = have
+    order = sorted(want)
+    if len(order) < 2:
+        fail(f"FID needs at least 2 images, got {len(order)}")
+    if is_csv and csv_rows(gt) != len(order):
+        fail(f"the run folders hold {len(order)} images but the ground-truth CSV {gt} has {csv_rows(gt)} rows")
+    if is_csv and order != list(range(len(order))):
+        fail(f"the ground-truth CSV {gt}'s row i is the image numbered i, but the run folders hold numbers "
+             f"{order[0]}..{order[-1]}, not 0..{len(order) - 1}")
+    return order, {folder: [by_number[k] for k in order] for folder, by_number in files.items()}
 
 
-def cache_path(source, cache):
-    """--features-cache/<name>-<key>.npy, the key from the absolute path and each file's name, size and mtime."""
-    files = [source] if os.path.isfile(source) else list_images(source)
-    key = hashlib.sha256(f"{os.path.abspath(source)}|{DIMS}|{files_fingerprint(files)}".encode()).hexdigest()[:16]
-    return os.path.join(cache, f"{os.path.basename(os.path.normpath(source))}-{key}.npy")
+def images_of(source, files):
+    """uint8 images of a ground-truth CSV ([n, 3, H, W], row i = image i) or of a folder's `files` in that order."""
+    return fs.csv_images(source) if files is None else fs.ImageFiles(files)
 
 
-def features(source, model_fn, device, cache=None):
-    """[n, 2048] float64 Inception features of a folder or a ground-truth CSV, from the cache when there."""
-    path = cache and cache_path(source, cache)
+def cache_path(source, files, cache):
+    """--features-cache/<name>-<key>.npy, the key from the absolute path and each file's name, size and mtime
+    in pairing order (files None: the CSV itself)."""
+    key = f"{os.path.abspath(source)}|{DIMS}|{files_fingerprint(files or [source])}"
+    return os.path.join(cache, f"{os.path.basename(os.path.normpath(source))}-"
+                               f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy")
+
+
+def features(source, files, model_fn, device, cache=None):
+    """[n, 2048] float64 Inception features of a folder's `files` or a ground-truth CSV (files None), from the
+    cache when there."""
+    path = cache and cache_path(source, files, cache)
     if path and os.path.isfile(path):
         return np.load(path)
-    images, workers = fs._images_of(source)
-    feats = fs.activation_features(images, model_fn(), num_workers=fs.default_workers() if workers is None else workers,
-                                   device=device, desc=os.path.basename(os.path.normpath(source)))
+    workers = 0 if files is None else fs.default_workers()  # a CSV is decoded already
+    feats = fs.activation_features(images_of(source, files), model_fn(), num_workers=workers, device=device,
+                                   desc=os.path.basename(os.path.normpath(source)))
     if not np.isfinite(feats).all():
         raise ValueError(f"features of {source} contain NaN or inf (broken images?): no FID can be computed")
     if path:
@@ -107,9 +137,9 @@ def features(source, model_fn, device, cache=None):
     return feats
 
 
-def pixels(source):
-    """uint8 [n, 3, H, W] of a folder (sorted names) or a ground-truth CSV; mixed sizes are an error naming it."""
-    images, _ = fs._images_of(source)
+def pixels(source, files):
+    """uint8 [n, 3, H, W] of a folder's `files` or a ground-truth CSV (files None); mixed sizes are an error."""
+    images = images_of(source, files)
     if isinstance(images, torch.Tensor):  # a CSV, already decoded
         return images
     items = [images[i] for i in range(len(images))]                       # [3, H, W] each
@@ -119,17 +149,20 @@ def pixels(source):
     return torch.stack(items)
 
 
-def mask_paths(folder, n):
-    """The mask files, sorted by name: row i is image i; a missing folder or another count names --masks."""
+def mask_paths(folder, order):
+    """The mask of each image number in `order` (mask_7.png for image_007.png); a missing folder, or masks of
+    other numbers, name --masks."""
     if not os.path.isdir(folder):
         fail(f"--masks: mask folder not found: {folder}")
     try:
-        paths = list_images(folder, what='mask')
+        by_number = numbered(folder, what='mask')
     except ValueError as e:
         fail(f"--masks: {e}")
-    if len(paths) != n:
-        fail(f"--masks: {len(paths)} masks in {folder} but {n} images: row i of each must be the same image")
-    return paths
+    missing, extra = [k for k in order if k not in by_number], sorted(set(by_number) - set(order))
+    if missing or extra:
+        fail(f"--masks: {len(by_number)} masks in {folder} for {len(order)} images: none numbered {missing[:3]}, "
+             f"{len(extra)} of other numbers {[os.path.basename(by_number[k]) for k in extra[:3]]}")
+    return [by_number[k] for k in order]
 
 
 def load_masks(paths, size):
@@ -146,14 +179,15 @@ def load_masks(paths, size):
     return torch.stack(masks)
 
 
-def hole_metrics(gt, runs, mask_dir, n):
-    """{run: {'hole_l1': [n], 'hole_psnr': [n]}} float64 per image (rows aligned as check_names says)."""
-    paths = mask_paths(mask_dir, n)                                        # the cheap checks before any decoding
-    truth = pixels(gt).float() / 255                                       # [n, 3, H, W] in [0, 1]
+def hole_metrics(gt, runs, mask_dir, order, files):
+    """{run: {'hole_l1': [n], 'hole_psnr': [n]}} float64 per image, in the order of the image numbers `order`
+    (files: check_names' {folder: files in that order})."""
+    paths = mask_paths(mask_dir, order)                                    # the cheap checks before any decoding
+    truth = pixels(gt, files.get(gt)).float() / 255                        # [n, 3, H, W] in [0, 1]
     masks = load_masks(paths, tuple(truth.shape[2:]))                      # [n, 1, H, W]
     out = {}
     for name, folder in runs.items():
-        run = pixels(folder).float() / 255
+        run = pixels(folder, files[folder]).float() / 255
         if run.shape != truth.shape:
             fail(f"--masks: run {name}'s images are {tuple(run.shape[2:])} but the ground truth's "
                  f"{tuple(truth.shape[2:])}: hole metrics need one size")
@@ -227,12 +261,12 @@ def main(argv=None):
     if not (os.path.isdir(a.gt) or (a.gt.lower().endswith('.csv') and os.path.isfile(a.gt))):
         fail(f"--gt: not an image folder or a ground-truth .csv: {a.gt}")
     try:
-        names = check_names(a.gt, runs)
+        order, files = check_names(a.gt, runs)
         if a.out:
             check_writable(a.out, '--out')
         if a.features_cache:
             check_writable(a.features_cache, '--features-cache', folder=True)
-        holes = hole_metrics(a.gt, runs, a.masks, len(names)) if a.masks else None  # all checks before features
+        holes = hole_metrics(a.gt, runs, a.masks, order, files) if a.masks else None  # all checks before features
         device = resolve_device(a.device)
         model = []
 
@@ -241,8 +275,9 @@ def main(argv=None):
                 model.append(fs.fast_inception(DIMS, device))
             return model[0]
 
-        gt = features(a.gt, model_fn, device, a.features_cache)
-        feats = {name: features(folder, model_fn, device, a.features_cache) for name, folder in runs.items()}
+        gt = features(a.gt, files.get(a.gt), model_fn, device, a.features_cache)
+        feats = {name: features(folder, files[folder], model_fn, device, a.features_cache)
+                 for name, folder in runs.items()}
         summary = summarise(paired_bootstrap(feats, gt, a.n_boot, a.seed), reference)
         if holes:
             for k, h in hole_summary(holes, reference, a.n_boot, a.seed).items():
@@ -250,7 +285,7 @@ def main(argv=None):
     except (OSError, ValueError, RuntimeError) as e:
         fail(str(e).strip().splitlines()[-1])  # a DataLoader worker's error: its last line is the message
 
-    print(f"FID over {len(names)} images, {a.n_boot} paired resamples (seed {a.seed}); ground truth {a.gt}\n")
+    print(f"FID over {len(order)} images, {a.n_boot} paired resamples (seed {a.seed}); ground truth {a.gt}\n")
     print(table(summary, reference), flush=True)
     if holes:
         print(f"\nHole-only L1 (0..255 levels) and PSNR (dB) over the holes of {a.masks}, mean per image, "
@@ -258,7 +293,7 @@ def main(argv=None):
         print(hole_table(summary, reference), flush=True)
     if a.out:
         with atomic_open(a.out) as f:
-            json.dump({'gt': a.gt, 'reference': reference, 'images': len(names), 'n_boot': a.n_boot, 'seed': a.seed,
+            json.dump({'gt': a.gt, 'reference': reference, 'images': len(order), 'n_boot': a.n_boot, 'seed': a.seed,
                        **({'masks': a.masks} if a.masks else {}),
                        'runs': {k: {'folder': runs[k], **s} for k, s in summary.items()}}, f, indent=2)
 

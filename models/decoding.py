@@ -116,6 +116,12 @@ def _is_rate(x):
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
 
 
+def check_total_iter(total_iter, num_tokens):
+    """Steps past the token count cannot unmask anything (each unmasks at least one): a one-line error."""
+    if total_iter > num_tokens:
+        raise ValueError(f"--total-iter must be at most {num_tokens} (the model's tokens an image), got {total_iter}")
+
+
 @dataclass(frozen=True)
 class DecodeSettings:
     """How to decode; each field is a flag of inpainting.py (--total-iter, --mask-func, ...), and its
@@ -150,14 +156,18 @@ class DecodeSettings:
     @classmethod
     def from_config(cls, model_param=None, **given):
         """Each field: the given value unless None, else the config's (model_param's total_iter,
-        gamma_type -> mask_func, choice_temperature, refine), else the default."""
+        gamma_type -> mask_func, choice_temperature, refine), else the default. total_iter is bounded by
+        model_param's num_image_tokens when given."""
         unknown = set(given) - {f.name for f in fields(cls)}
         if unknown:
             raise TypeError(f"unknown decoding settings: {', '.join(sorted(unknown))}")
         config = {name: (model_param or {}).get(key) for name, key in _CONFIG_KEYS.items()}
         picked = {name: v for name, v in config.items() if v is not None}
         picked.update((name, v) for name, v in given.items() if v is not None)
-        return cls(**picked)
+        settings = cls(**picked)
+        if (model_param or {}).get('num_image_tokens') is not None:  # the model's bound, known before any decoding
+            check_total_iter(settings.total_iter, model_param['num_image_tokens'])
+        return settings
 
     def schedule(self, n_unknown, mask_func=None):
         """Tokens still masked after each step for rows of n_unknown [B] unknown tokens, [T, B] long
@@ -181,6 +191,7 @@ class Decoded:
     masks: torch.Tensor   # [S+1, B, N] bool, True = still unknown: [0] the start, [s] after step s
     steps: torch.Tensor   # [S+1, B, N] tokens after each step, mask id where unknown ([0] the start)
     preds: torch.Tensor   # [S, B, N] each pass's full guess: known tokens + that step's samples; preds[-1] = tokens
+    completed: torch.Tensor = None  # [T, B, N] with decode(completed=True): [s-1] = the tokens of sweet_spot s
 
 
 def guided_logits(logits_fn, tokens, labels, null_label, w):
@@ -213,7 +224,8 @@ def _ranks(x):
 
 
 @torch.no_grad()
-def decode(logits_fn, tokens, unknown, seeds, mask_id, schedule, settings, labels=None, null_label=None):
+def decode(logits_fn, tokens, unknown, seeds, mask_id, schedule, settings, labels=None, null_label=None,
+           completed=False):
     """Fill the unknown tokens of each row by iterative decoding.
 
     tokens [B, N] long (values where unknown are ignored), unknown [B, N] bool (True = to fill),
@@ -226,6 +238,9 @@ def decode(logits_fn, tokens, unknown, seeds, mask_id, schedule, settings, label
     Gumbel noise; the schedule[t] least confident unknown tokens stay masked, the rest take their samples.
     sweet_spot s in 1..T-1 stops after step s and fills what is left with one more pass's argmax;
     otherwise all T steps run. settings.total_iter and mask_func are not read: the schedule has them.
+    completed=True (all T steps only) also returns every sweet spot's result from this one decode: the fill
+    pass of sweet spot s is step s+1's pass (the same tokens, the same guidance weight), so Decoded.completed[s-1]
+    = the state after step s with its still-masked tokens argmaxed from step s+1's logits, [T-1] = tokens.
     """
     B, N = tokens.shape
     dev = tokens.device
@@ -236,8 +251,11 @@ def decode(logits_fn, tokens, unknown, seeds, mask_id, schedule, settings, label
     T = schedule.shape[0]
     if schedule.dim() != 2 or schedule.shape[1] != B:
         raise ValueError(f"schedule has shape {tuple(schedule.shape)}; expected [T, {B}]")
+    check_total_iter(T, N)
     s = settings.sweet_spot
     n_steps = T if s <= 0 or s >= T else s
+    if completed and n_steps < T:
+        raise ValueError("decode: completed=True runs all steps; it needs sweet_spot <= 0 or >= total_iter")
     ct = settings.choice_temperature
     labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long, device=dev)
     if labels is not None and null_label is None and settings.cfg_scale > 0:
@@ -251,15 +269,20 @@ def decode(logits_fn, tokens, unknown, seeds, mask_id, schedule, settings, label
 
     masked = unknown
     cur = torch.where(masked, K, tokens)
-    masks, steps, preds = [masked], [cur], []
+    masks, steps, preds, done = [masked], [cur], [], []
     for t in range(n_steps):
         r = (t + 1) / T
+        if t and completed:  # sweet spot t: step t's state ([t]), its masked tokens filled below or by argmax
+            done.append(cur)
         if not masked.any():  # nothing left to fill in any row: the pass would change nothing
             masks.append(masked)
             steps.append(cur)
             preds.append(cur)
             continue
-        logits = logits_of(cur, t)[masked]                                          # [M, K]
+        full = logits_of(cur, t)                                                    # [B, N, K]
+        if t and completed:  # what the sweet-spot fill pass computes for s = t, from this same pass
+            done[-1] = torch.where(masked, full.argmax(-1), cur)
+        logits = full[masked]                                                       # [M, K]
         sampled = _sample(logits, uniforms(seeds, t, _SAMPLE, N)[masked], settings.temperature)
         logp = torch.log_softmax(logits, -1).gather(1, sampled[:, None]).squeeze(1)  # [M]
         gumbel = -torch.log(-torch.log(uniforms(seeds, t, _GUMBEL, N)[masked]))
@@ -278,7 +301,8 @@ def decode(logits_fn, tokens, unknown, seeds, mask_id, schedule, settings, label
         masks.append(masked)
         steps.append(cur)
         preds.append(pred)
-    return Decoded(cur, torch.stack(masks), torch.stack(steps), torch.stack(preds))
+    return Decoded(cur, torch.stack(masks), torch.stack(steps), torch.stack(preds),
+                   torch.stack(done + [cur]) if completed else None)
 
 
 def generate(logits_fn, batch_size, num_tokens, seeds, mask_id, settings, device='cpu', labels=None, null_label=None):
