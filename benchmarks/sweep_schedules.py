@@ -26,11 +26,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script: the repo root
-import inpainting  # noqa: E402
 from benchmarks.common import SPLITS, fid_of, gt_stats, hole_errors, load_images, split_data  # noqa: E402
 from dataset import data_stats, tensor01_to_pil  # noqa: E402
-from models.decoding import SCHEDULES, DecodeSettings, decode, image_seeds  # noqa: E402
-from models.masks import latent_mask  # noqa: E402
+from models.decoding import SCHEDULES, DecodeSettings  # noqa: E402
+from pipeline import Inpainter, add_model_args, check_inputs, load_maskgit, run_cli  # noqa: E402
 from plots import plot_curves  # noqa: E402
 from utils import atomic_open, atomic_save_image, check_writable, resolve_device  # noqa: E402
 
@@ -50,7 +49,7 @@ def comma_list(kind):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    inpainting.add_model_args(p)
+    add_model_args(p)
     p.add_argument('--split', choices=SPLITS, default='val', help='val: choose here; test: report the choice once')
     p.add_argument('--data', default='data/openclipart', help='dataset in the course layout (prepare_dataset.py)')
     p.add_argument('--out', default=None, help='output folder (default results/sweep_<split>)')
@@ -96,14 +95,8 @@ def cell_folder(out, mask_func, total_iter, s):
 @torch.no_grad()
 def decode_all_sweet_spots(inp, imgs, masks, ids):
     """[T, B, 3, H, W] in [0, 1]: the images of sweet spots 1..T of a batch, known pixels pasted back, from one
-    decode. inp: an inpainting.Inpainter with refine 0, whose __call__ this is with decode(completed=True)."""
-    s, K = inp.settings, inp.model.mask_token_id
-    unknown = latent_mask(masks, inp.factor).flatten(1)                          # [B, N]
-    schedule = inp.schedule(unknown.sum(1).cpu(), None)                          # [T, B]
-    labels = inp.labels(ids)
-    cond = () if labels is None else (labels, inp.model.transformer.num_classes)
-    out = decode(inp.logits, inp.tokens(imgs), unknown, image_seeds(s.seed, ids), K, schedule, s, *cond,
-                 completed=True)
+    decode. inp: a pipeline.Inpainter with refine 0."""
+    out = inp(imgs, masks, ids, completed=True)
     return torch.stack([inp.paste(imgs, masks, inp.images(tokens)) for tokens in out.completed])
 
 
@@ -141,12 +134,12 @@ def table(res):
 def run(a):
     check_writable(a.out, '--out', folder=True)
     device = resolve_device(a.device)
-    model, cfg = inpainting.load_maskgit(a, device)
+    model, cfg = load_maskgit(a, device)
     mp = cfg['model_param']
     settings = {(m, t): cell_settings(a, m, t, mp) for m in a.schedules for t in a.total_iter}  # the model's bound
     mean, std = data_stats(cfg, 'test')
     data, gt_files = split_data(a.data, a.split, mean, std, limit=a.limit_images)
-    inpainting.check_inputs(data, model.vqgan.img_resolution)
+    check_inputs(data, model.vqgan.img_resolution)
     names = [os.path.basename(f) for f in data.images]
     check_cells(a, names)
     gt_all = load_images(gt_files)                                               # [n, 3, H, W]
@@ -155,7 +148,7 @@ def run(a):
     loader = DataLoader(data, batch_size=a.batch_size, shuffle=False)
     cells = []
     for (m, t), st in settings.items():
-        inp = inpainting.Inpainter(model, st, mean, std, amp=a.amp, paste_known=True)
+        inp = Inpainter(model, st, mean, std, amp=a.amp, paste_known=True)
         l1s, psnrs, pos, t0 = [[] for _ in range(t)], [[] for _ in range(t)], 0, time.time()
         for imgs, masks, ids in tqdm(loader, desc=f'{m} T={t}', unit='batch'):
             imgs, masks = imgs.to(device), masks.to(device)
@@ -189,7 +182,7 @@ def run(a):
                              [c['fid'] for c in cells if (c['schedule'], c['total_iter']) == (m, t)])
               for m, t in settings}
     plot_curves(series, os.path.join(a.out, 'sweet_spot.png'), xlabel='sweet spot s (steps, then argmax fill)',
-                title=f"FID (y) against sweet spot: {a.split} split, {len(data)} images, "
+                ylabel='FID', title=f"FID against sweet spot: {a.split} split, {len(data)} images, "
                       f"{os.path.basename(a.MaskGitConfig)}")
     print(table(res))
     print(f"wrote {os.path.join(a.out, 'table.md')}, results.json, sweet_spot.png")
@@ -197,7 +190,7 @@ def run(a):
 
 
 def main(argv=None):
-    return inpainting.run_cli(run, parse_args(argv))
+    return run_cli(run, parse_args(argv))
 
 
 if __name__ == '__main__':

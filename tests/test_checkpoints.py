@@ -128,3 +128,20 @@ def test_shipped_transformer_predicts_hole_tokens_far_better_than_baselines(four
     guess = torch.stack([torch.where(hole[b], tokens[b][~hole[b]].mode().values, -1) for b in range(4)])
     unigram = (guess == tokens)[hole].float().mean().item()
     assert acc >= 20 / k and acc >= unigram + 0.1, (acc, unigram, 1 / k)
+
+
+class _Payload:
+    """Unpickling this runs code: it would create the file `path`."""
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, 'w'))
+
+
+def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(tmp_path):
+    bad, marker = tmp_path / 'evil.pt', tmp_path / 'ran'
+    torch.save({'w': torch.zeros(1), 'x': _Payload(str(marker))}, bad)
+    with pytest.raises(ValueError, match=f'cannot load checkpoint {bad}'):
+        load_checkpoint(str(bad))
+    assert not marker.exists()
