@@ -136,38 +136,6 @@ def check_mask(path):
     return float((a < MASK_THRESHOLD).mean()), float(((a != 0) & (a != 255)).mean())
 
 
-def load_user_pair(image_path, mask_path, size, invert=False):
-    """inpainting.py's --image / --mask: (image [3, size, size] in [0, 1], keep [1, size, size] float (1 = keep),
-    a one-line note or None).
-
-    Both files are read upright (their EXIF orientation applied: a phone's photo and a mask drawn on it as
-    displayed). The image, transparency over white, is centre-cropped to a square when it is not one and resized
-    (antialiased) to size x size; the note says which. The mask, any size, 0 = hole (values below
-    MASK_THRESHOLD; `invert` flips it), is resized (nearest) to the image's size, then cropped and resized
-    (nearest) like the image. mask_path None: everything kept. Unreadable files: one-line errors naming them."""
-    try:
-        with Image.open(image_path) as img:
-            img = rgb_over_white(upright(img))
-    except Exception as e:
-        raise ValueError(f"cannot read image {image_path}: {str(e).splitlines()[0]}") from None
-    w, h = img.size
-    side = min(w, h)
-    crop = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
-    note = None
-    if (w, h) != (size, size):
-        how = f"centre-cropped to {side}x{side} and resized" if w != h else "resized"
-        note = f"note: image {image_path} is {w}x{h}: {how} to {size}x{size}, the model's resolution"
-    image = pil_to_tensor01(img.crop(crop).resize((size, size), Image.Resampling.LANCZOS))
-    if mask_path is None:
-        return image, torch.ones(1, size, size), note
-    check_mask(mask_path)  # readable, binary (not a 0/1 mask, not a photo)
-    with Image.open(mask_path) as m:  # drawn on the image as displayed: both upright
-        m = upright(m).convert('L').resize((w, h), Image.Resampling.NEAREST)
-    a = np.asarray(m.crop(crop).resize((size, size), Image.Resampling.NEAREST))
-    keep = torch.from_numpy((a < MASK_THRESHOLD) if invert else (a >= MASK_THRESHOLD)).float()[None]
-    return image, keep, note
-
-
 # ----------------------------------------------------------------------------- class labels
 
 def read_labels(path):

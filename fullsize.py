@@ -115,7 +115,7 @@ def read_image(path):
     return as_picture(img, str(path))
 
 
-def _mask_values(m, path, convention):
+def mask_values(m, path, convention):
     """An upright mask image -> (hole bool [H, W], what a hole is, for messages)."""
     if 'A' in m.mode or 'transparency' in m.info:
         alpha = np.asarray(m.convert('RGBA'))[:, :, 3]
@@ -147,7 +147,7 @@ def read_mask(path, size, convention='white', resize=False):
             m = upright(f)  # drawn on the picture as displayed
     except Exception as e:
         raise ValueError(f"cannot read mask {path}: {str(e).splitlines()[0]}") from None
-    hole, what = _mask_values(m, path, convention)
+    hole, what = mask_values(m, path, convention)
     if m.size != tuple(size):
         if not resize:
             raise ValueError(f"mask {path} is {m.size[0]}x{m.size[1]} but its image is {size[0]}x{size[1]}: "

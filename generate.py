@@ -10,23 +10,25 @@ Writes, under --output-dir, for each class (its name, `class_<id>` without names
   <name>_steps.png           the decoding strip of the first (up to 8) images: a row each, the image after every step
 Image i of a class decodes with its own randomness (--seed, class, i), whatever --n, the other classes or the
 batch. --n is at most 100,000 a class; memory holds one batch and the grid's images, whatever --n. The decoding
-flags are inpainting.py's (DecodeSettings; not --refine: nothing is known to re-decode around); argmax with
---choice-temperature 0 draws no randomness at all, so --temperature 1 (the paper's generation setting) is the usual
-choice here. Flags that would do nothing are refused: a class given twice, --cfg-scale without --class.
+flags are inpainting.py's (DecodeSettings; not --refine: nothing is known to re-decode around). Their defaults: the
+config's `model_param: generate:` section when it has one (e.g. temperature: 1, choice_temperature: 4.5,
+cfg_scale: 2; its guidance applies only with --class), else the decoding keys of model_param and DecodeSettings';
+argmax with --choice-temperature 0 draws no randomness at all, so --temperature 1 (the paper's generation setting)
+is the usual choice here. Flags that would do nothing are refused: a class given twice, --cfg-scale without --class.
+pipeline.load(config).generate(class, n) returns the same images as a list.
 """
 import argparse
 import math
 import os
-import re
 import sys
+from dataclasses import replace
 
 import torch
 from tqdm import tqdm
 
 from dataset import data_stats, tensor01_to_pil
-from inpainting import (Inpainter, add_decoding_args, add_model_args, class_label, decoding_settings, run_cli, setup,
-                        unused_decoding_flag)
-from models.decoding import generate, image_seeds
+from pipeline import (Inpainter, add_decoding_args, add_model_args, class_folder, class_label, decoding_settings,
+                      image_ids, run_cli, setup, unused_decoding_flag)
 from plots import save_grid
 from utils import atomic_save_image
 
@@ -61,21 +63,6 @@ def parse_args(argv=None):
     return args
 
 
-def image_ids(labels, index):
-    """Image ids int64 of images number `index` of class ids `labels` (None: unconditional), the (class, i) pairs
-    their randomness comes from (image_seeds), so image i of a class is the same whatever else is generated."""
-    index = torch.as_tensor(index, dtype=torch.int64)
-    return index + (0 if labels is None else (torch.as_tensor(labels, dtype=torch.int64) + 1) << 32)
-
-
-def class_folder(model, label):
-    """The output name of a class id (None: unconditional)."""
-    if label is None:
-        return 'unconditional'
-    names = model.transformer.class_emb.names
-    return re.sub(r'[^A-Za-z0-9_.-]+', '_', names[label]) if names else f'class_{label}'
-
-
 def check_classes(model, labels, given, cfg_scale):
     """One-line errors for --class flags that would do nothing: a class given twice (its n images written once
     over), --cfg-scale without a class (guidance towards the null class is no guidance)."""
@@ -90,23 +77,21 @@ def check_classes(model, labels, given, cfg_scale):
 
 @torch.no_grad()
 def run(args):
-    device, model, cfg, settings = setup(args)
+    _, model, cfg, settings = setup(args, generation=True)
+    if not args.classes and args.cfg_scale is None:  # the config's guidance needs a class to guide towards
+        settings = replace(settings, cfg_scale=0.0, cfg_schedule='constant')
     labels = [class_label(model, settings, c, args.MaskGitConfig) for c in args.classes or [None]]  # checked first
     check_classes(model, labels, args.classes, settings.cfg_scale)
     if args.n > 1 and settings.temperature == 0 and settings.choice_temperature == 0:
         print(f"note: --temperature 0 with --choice-temperature 0 draws no randomness: the {args.n} images of a "
               f"class are the same (--temperature 1 samples)", file=sys.stderr)
-    inp = Inpainter(model, settings, *data_stats(cfg, 'test'), amp=args.amp)
-    n_tok, null = model.num_image_tokens, model.transformer.num_classes
     for label in labels:
+        inp = Inpainter(model, settings, *data_stats(cfg, 'test'), amp=args.amp, label=label)
         name = class_folder(model, label)
         ids = image_ids(label, torch.arange(args.n))
         grid, strip = [], []
         for i in tqdm(range(0, args.n, args.batch_size), desc=f"generating {name}", unit='batch'):
-            b = ids[i:i + args.batch_size]
-            cond = {} if label is None else dict(labels=torch.full((len(b),), label), null_label=null)
-            out = generate(inp.logits, len(b), n_tok, image_seeds(settings.seed, b), model.mask_token_id, settings,
-                           device, **cond)
+            out = inp.generate(ids[i:i + args.batch_size])
             images = inp.images(out.tokens).cpu()                                # [B, 3, H, W]
             for k, img in enumerate(images):  # written now: an interruption keeps every finished batch
                 atomic_save_image(tensor01_to_pil(img), os.path.join(args.output_dir, name, f'image_{i + k:03d}.png'))

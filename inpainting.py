@@ -9,8 +9,17 @@ The course's flags keep their meaning. Writes, under --output-dir:
   gallery.png                     with --gallery N: input | each step | result | OpenCV Telea | ground truth
 Beyond the course: --class, or --labels for each image's own class (a conditional checkpoint; classifier-free
 guidance with --cfg-scale), --outpaint REGION and --box x0,y0,x1,y1 (what to regenerate, besides the masks'
-holes), and --image PATH --mask PATH for one image of one's own, which writes <stem>_result.png and
-<stem>_steps.png (input | each step) instead.
+holes).
+
+Your own pictures (any size, mode and format; pipeline.py and fullsize.py do the work): --image PATH --mask PATH
+writes <stem>_result.png into --output-dir, the picture at its own width, height and mode, every pixel farther
+than a few px from the hole the input's, byte for byte. Masks: white = hole by default (IOPaint, diffusers;
+--mask-convention black for the course's 0 = hole), transparent pixels = hole, the picture's own transparency with
+--mask-from-alpha; a mask of another size is refused unless --resize-mask. --outpaint side=px[,side=px...] (the '='
+tells it from the test folders' REGION) extends the canvas, --box x0,y0,x1,y1 adds a hole; --fill-strategy picks
+the model, OpenCV's Telea or both (auto: holes thinner than a token to Telea). An existing result is refused
+unless --overwrite; --save-steps adds <stem>_steps.png. --image DIR --mask DIR does a folder: files paired by
+stem (the mask <stem>.png or <stem>_mask.png), unmatched files reported first, the model loaded once.
 Before anything is written, every image and mask is decoded in full and checked (pairs by number without
 ambiguity, sizes, binary masks: a 0/1 mask or a non-mask is refused, a lossy one thresholded at 128 with a
 note, one almost all hole warned about) and --output-dir is checked for writing; errors are one line. Files an
@@ -22,101 +31,51 @@ import os
 import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import fields
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dataset import (PairedTestDataset, data_stats, denormalize, files_by_number, load_rgb, load_user_pair, normalize,
-                     pil_to_tensor01, read_labels, tensor01_to_pil)
+from dataset import (MASK_FILL, PairedTestDataset, data_stats, denormalize, list_images, load_rgb, pil_to_tensor01,
+                     tensor01_to_pil)
+from fullsize import CONVENTIONS, mask_from_alpha, outpaint_canvas, read_image, read_mask
 from models.baselines import have_opencv, opencv_fill
-from models.decoding import CFG_SCHEDULES, SCHEDULES, DecodeSettings, decode, image_seeds
-from models.maskgit import MaskGit, transformer_state_dict
-from models.masks import OUTPAINT_REGIONS, box_keep, fill_holes, latent_mask, normalised_fill, outpaint_keep
-from models.token_cache import tokenizer_sha256
-from models.transformer import check_guidance, class_id, require_classes
-from models.vqgan import load_vqgan
+from models.decoding import SCHEDULES
+from models.masks import OUTPAINT_REGIONS, box_keep, outpaint_keep
+from pipeline import (SETTINGS, Inpainter, Pipeline, add_decoding_args, add_model_args, check_inputs, class_label,
+                      decoding_settings, image_labels, parse_box, run_cli, setup, unused_decoding_flag)
 from plots import save_grid
-from utils import (atomic_save_image, check_writable, load_checkpoint, load_config, load_state_dict_checked,
-                   resolve_device)
+from utils import atomic_save_image
 
 SUMMARY_IMAGES = 4  # images per row of schedules.png
-LABEL_SPLITS = ('test', 'val')  # prepare_dataset.py's splits with masked images (labels.json keys test/..., val/...)
+# prepare_dataset.py's splits with masked images (labels.json keys test/..., val/..., holdout/...)
+LABEL_SPLITS = ('test', 'val', 'holdout')
+SIDES = ('left', 'right', 'top', 'bottom')  # --outpaint side=px of an own picture
+FILL_STRATEGIES = ('auto', 'model', 'telea')
+STRIP_SIDE = 512  # px: the longer side of each picture of --save-steps' strip, at most
 
 
-def add_decoding_args(parser):
-    """The decoding flags, one per DecodeSettings field, each default None: an unset flag takes the config's
-    value (model_param: total_iter, gamma_type, choice_temperature, refine), else DecodeSettings' default."""
-    d = DecodeSettings()
-    parser.add_argument('--total-iter', type=int, default=None,
-                        help=f"decoding steps T (default: the config's total_iter, else {d.total_iter})")
-    parser.add_argument('--mask-func', default=None, choices=SCHEDULES,
-                        help=f"mask schedule gamma (default: the config's gamma_type, else {d.mask_func})")
-    parser.add_argument('--choice-temperature', type=float, default=None,
-                        help="scale of the Gumbel noise on the confidence, annealed by (1 - r) (default: the "
-                             f"config's choice_temperature, else {d.choice_temperature}; 0 = most likely tokens first)")
-    parser.add_argument('--temperature', type=float, default=None,
-                        help=f"token sampling temperature (default {d.temperature}): 0 = argmax (the course's choice), "
-                             "1 = sample from the model (the paper's generation setting)")
-    parser.add_argument('--sweet-spot', type=int, default=None,
-                        help="stop after this step and fill the rest with the most likely tokens "
-                             f"(default {d.sweet_spot}; <= 0 or >= total: all steps)")
-    parser.add_argument('--seed', type=int, default=None,
-                        help=f"run seed (default {d.seed}); each image's randomness is (seed, image number)")
-    parser.add_argument('--refine', type=int, default=None, metavar='N',
-                        help=f"after decoding, N times (default: the config's refine, else {d.refine}): paste the input's known pixels over the "
-                             "result, re-encode it for the known tokens' context and decode the holes again (seed + k)")
-    parser.add_argument('--cfg-scale', type=float, default=None, metavar='W',
-                        help=f"classifier-free guidance of a conditional model (default {d.cfg_scale}: off): logits = "
-                             "(1+W) cond - W uncond, both from one batched pass")
-    parser.add_argument('--cfg-schedule', default=None, choices=CFG_SCHEDULES,
-                        help=f"W over the steps (default {d.cfg_schedule}): constant, or linear from 0 at the first "
-                             "step to W at the last")
-    return parser
-
-
-# the shipped openclipart pair: the class-conditional model, plain inpainting under its null class (RESULTS.md)
-DEFAULT_CONFIG = 'configs/MaskGit_small_cond.yml'
-CONDITIONAL_CONFIG, UNCONDITIONAL_CONFIG = DEFAULT_CONFIG, 'configs/MaskGit_small.yml'  # named in pairing errors
-
-
-def add_model_args(parser, what='transformer checkpoint'):
-    """The flags that pick the model and where it runs, shared by inpainting.py, generate.py and the benchmarks."""
-    parser.add_argument('--device', default='auto', help="cpu, cuda, cuda:N, or auto (cuda when available)")
-    parser.add_argument('--batch-size', type=int, default=64, help="images decoded together")
-    parser.add_argument('--MaskGitConfig', default=DEFAULT_CONFIG,
-                        help="MaskGit config (course: configs/MaskGit.yml)")
-    parser.add_argument('--load-transformer-ckpt-path', default=None,
-                        help=f"{what}: a state_dict (the course's format) or a train_state.pt (default: the "
-                             f"config's checkpoint: path, the shipped one for {DEFAULT_CONFIG})")
-    parser.add_argument('--vqgan-ckpt', default=None, help="VQGAN checkpoint (default: VQ_CKPT_path of the config)")
-    parser.add_argument('--amp', action='store_true', help="bfloat16 autocast for the networks")
-    return parser
-
-
-def unused_decoding_flag(args):
-    """The error of a decoding flag that would do nothing, or None: --cfg-schedule shapes a --cfg-scale > 0."""
-    if args.cfg_schedule is not None and not args.cfg_scale:
-        return f"--cfg-schedule {args.cfg_schedule} shapes the guidance of --cfg-scale W > 0; give --cfg-scale"
-    return None
-
-
-def parse_box(text):
-    """argparse type of --box: 'x0,y0,x1,y1' -> four ints."""
-    try:
-        box = tuple(int(v) for v in text.split(','))
-    except ValueError:
-        box = ()
-    if len(box) != 4:
-        raise argparse.ArgumentTypeError(f"expected x0,y0,x1,y1 (four integers, pixels), got {text!r}")
-    return box
-
-
-def decoding_settings(args, model_param=None):
-    """DecodeSettings from parsed decoding flags: given > the config's model_param > default."""
-    return DecodeSettings.from_config(model_param, **{f.name: getattr(args, f.name) for f in fields(DecodeSettings)})
+def parse_outpaint(text):
+    """argparse type of --outpaint: a REGION of the test folders (str), or 'side=px,...' (a '=' in it) -> {side: px}
+    with every side, the canvas extension of --image."""
+    if '=' not in text:
+        if text not in OUTPAINT_REGIONS:
+            raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (a region: {', '.join(OUTPAINT_REGIONS)}; "
+                                             f"or side=pixels, e.g. left=64,top=32, with --image)")
+        return text
+    sides = dict.fromkeys(SIDES, 0)
+    for item in text.split(','):
+        side, _, px = item.partition('=')
+        if side.strip() not in SIDES or not px.strip().isdigit():
+            raise argparse.ArgumentTypeError(f"expected side=pixels with sides {', '.join(SIDES)} and pixels an "
+                                             f"integer >= 0, e.g. left=64,top=32; got {item!r}")
+        sides[side.strip()] = int(px)
+    if not any(sides.values()):
+        raise argparse.ArgumentTypeError(f"{text!r} extends nothing: give a side > 0 px")
+    return sides
 
 
 def parse_args(argv=None):
@@ -131,7 +90,8 @@ def parse_args(argv=None):
                    help="delete the files of test_results/, mask_scheduling/, imga/ this run does not write (an "
                         "earlier run's); without it such files are refused: they would mix into the FID")
     add_decoding_args(p)
-    p.add_argument('--paste-known', action='store_true', help="composite the input's known pixels over the result")
+    p.add_argument('--paste-known', action='store_true',
+                   help="composite the input's known pixels over the result (--image: always)")
     p.add_argument('--gallery', type=int, default=0, metavar='N',
                    help="write gallery.png: the first N images as rows of input | steps | result | OpenCV Telea's "
                         "fill (when opencv-python-headless is installed) | ground truth (with --gt-path)")
@@ -146,19 +106,40 @@ def parse_args(argv=None):
                             "test/image_003.png for masked_image/image_003.png")
     p.add_argument('--labels-split', default=None, choices=LABEL_SPLITS,
                    help="the split whose files the masked images mirror, i.e. the keys of --labels read (default: "
-                        "val when --test-maskedimage-path's folder is named val_* like prepare_dataset.py's "
-                        "val_masked_image, else test)")
+                        "the folder's prefix when --test-maskedimage-path is named <split>_* like prepare_dataset.py's "
+                        "val_masked_image or holdout_masked_image, else test)")
     region = p.add_mutually_exclusive_group()
-    region.add_argument('--outpaint', default=None, choices=OUTPAINT_REGIONS,
-                        help="keep this region's tokens and regenerate the rest (besides the masks' holes): center "
-                             "keeps the central quarter of the token grid, a side half of it, a corner a quarter")
+    region.add_argument('--outpaint', default=None, type=parse_outpaint, metavar='REGION|side=px,...',
+                        help="the test folders: REGION (" + ', '.join(OUTPAINT_REGIONS) + ") keeps this region's "
+                             "tokens and regenerates the rest (besides the masks' holes): center keeps the central "
+                             "quarter of the token grid, a side half of it, a corner a quarter. --image: side=pixels "
+                             "(left, right, top, bottom; e.g. left=64,top=32) extends the picture's canvas and "
+                             "fills the new pixels around the whole original")
     region.add_argument('--box', type=parse_box, default=None, metavar='x0,y0,x1,y1',
-                        help="regenerate the tokens inside this pixel box (x1, y1 exclusive; snapped outward to "
-                             "tokens), under --class if given; every pixel outside it is the input's")
-    p.add_argument('--image', default=None, help="inpaint this one image instead of the test folders (any size: "
-                                                 "resized, centre-cropped first when not square)")
-    p.add_argument('--mask', default=None, help="the mask of --image: any size (resized, nearest), 0 = hole")
-    p.add_argument('--invert-mask', action='store_true', help="--mask's 0 means keep, not hole")
+                        help="regenerate inside this pixel box (x1, y1 exclusive), under --class if given: on the "
+                             "test folders the tokens it touches, every pixel outside them the input's; with "
+                             "--image a hole (besides --mask's) at the picture's own size")
+    own = p.add_argument_group('your own pictures (--image)')
+    own.add_argument('--image', default=None, metavar='PATH|DIR',
+                     help="inpaint this picture (any size, mode and format) into --output-dir/<stem>_result.png at its "
+                          "own size instead of the test folders; a folder: each of its pictures")
+    own.add_argument('--mask', default=None, metavar='PATH|DIR',
+                     help="the mask of --image, its size (white = hole; see --mask-convention); a folder with "
+                          "--image DIR: <stem>.png or <stem>_mask.png for each picture <stem>.*")
+    own.add_argument('--mask-convention', default=None, choices=CONVENTIONS,
+                     help="which --mask pixels are the hole: white (255, the default: IOPaint, diffusers) or black "
+                          "(0, the course's masks); transparent pixels are the hole whatever this says")
+    own.add_argument('--invert-mask', action='store_true', help=argparse.SUPPRESS)  # refused: see --mask-convention
+    own.add_argument('--mask-from-alpha', action='store_true',
+                     help="the hole is --image's transparent pixels (instead of --mask); filled ones become opaque")
+    own.add_argument('--resize-mask', action='store_true',
+                     help="resize a --mask of another size than its picture (nearest); without it that is an error")
+    own.add_argument('--fill-strategy', default=None, choices=FILL_STRATEGIES,
+                     help="auto (the default): holes thinner than a token at their crop's scale to OpenCV's Telea, "
+                          "the rest to the model; model; telea (OpenCV only)")
+    own.add_argument('--save-steps', action='store_true',
+                     help="also write <stem>_steps.png: the input with its hole grey, then the picture after each "
+                          f"decoding step (each at most {STRIP_SIDE} px a side)")
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error("--batch-size must be >= 1")
@@ -166,28 +147,20 @@ def parse_args(argv=None):
         p.error(f"--partial must be in (0, 1], got {args.partial}")
     if args.mask and not args.image:
         p.error("--mask needs --image (the test folders' masks are --test-mask-path)")
-    if args.image and not (args.mask or args.outpaint or args.box):
-        p.error("--image needs --mask (or --outpaint / --box to say what to regenerate)")
-    if args.invert_mask and not args.mask:
-        p.error("--invert-mask needs --mask")
-    if args.image and args.gallery:
-        p.error("--gallery is for the test folders, not --image")
-    if args.image and args.labels:
-        p.error("--labels is for the test folders, not --image (use --class)")
+    if args.invert_mask:  # its meaning flipped with the default convention: refused rather than silently inverted
+        p.error("--invert-mask is gone: masks are white = hole by default now; for 0 = hole (the course's masks) pass "
+                "--mask-convention black")
+    own_flag_errors(p, args)
     if args.labels_split and not args.labels:
         p.error("--labels-split needs --labels")
     if args.gt_path and not args.gallery:
         p.error("--gt-path is the last column of --gallery N's rows; give --gallery")
-    if args.image and args.partial != 1.0:
-        p.error("--partial is for the test folders, not --image")
-    if args.overwrite and args.image:
-        p.error("--overwrite is for the test folders' outputs, not --image")
     unused = unused_decoding_flag(args)
     if unused:
         p.error(unused)
-    if args.labels and not args.labels_split:  # test/ unless the folder is prepare_dataset.py's val_masked_image
-        folder = os.path.basename(os.path.normpath(args.test_maskedimage_path))
-        args.labels_split = 'val' if folder.startswith('val_') else 'test'
+    if args.labels and not args.labels_split:  # the split of prepare_dataset.py's <split>_masked_image, else test
+        prefix = os.path.basename(os.path.normpath(args.test_maskedimage_path)).partition('_')[0]
+        args.labels_split = prefix if prefix in LABEL_SPLITS[1:] else 'test'
     try:  # the given flags over the defaults; the config's values are checked when it is read
         decoding_settings(args)
     except ValueError as e:
@@ -195,59 +168,46 @@ def parse_args(argv=None):
     return args
 
 
-def load_maskgit(args, device, transformer=True):
-    """(MaskGit with its VQGAN and trained transformer on `device`, config dict); with transformer=False the
-    transformer stays untrained and no checkpoint is read (what uses the tokenizer alone, e.g. its rFID). A
-    transformer checkpoint that does not belong with the VQGAN or the config is refused first (check_pairing)."""
-    cfg = load_config(args.MaskGitConfig)
-    mp = cfg.get('model_param')
-    if not isinstance(mp, dict) or 'VQ_Configs' not in mp:
-        raise ValueError(f"config {args.MaskGitConfig} has no 'model_param: VQ_Configs:' section")
-    vq = mp['VQ_Configs']
-    vqgan = load_vqgan(vq['VQ_config_path'], args.vqgan_ckpt or vq.get('VQ_CKPT_path'), device)
-    model = MaskGit(mp, vqgan)
-    if not transformer:
-        return model.to(device).eval(), cfg
-    ckpt = args.load_transformer_ckpt_path or (cfg.get('checkpoint') or {}).get('path')
-    if not ckpt:
-        raise ValueError(f"no transformer checkpoint: pass --load-transformer-ckpt-path or set 'checkpoint: path:' "
-                         f"in {args.MaskGitConfig}")
-    sd = transformer_state_dict(load_checkpoint(ckpt))
-    vq_ckpt = (args.vqgan_ckpt or vq.get('VQ_CKPT_path')
-               or (load_config(vq['VQ_config_path']).get('checkpoint') or {}).get('path'))  # load_vqgan's choice
-    check_pairing(sd, ckpt, model, args.MaskGitConfig, vq_ckpt)
-    load_state_dict_checked(model.transformer, sd, ckpt)  # skips the tokenizer_sha256 record
-    return model.to(device).eval(), cfg
-
-
-def check_pairing(sd, ckpt, model, config, vq_ckpt):
-    """One-line errors for a transformer state_dict `sd` (from file ckpt) that does not belong with the model:
-    trained on the tokens of another VQGAN than vq_ckpt (its 'tokenizer_sha256', written by
-    training_transformer.py; checkpoints without it are not checked), or class-conditional under a config
-    without classes, or the reverse (which config to use instead, rather than a missing key)."""
-    saved = sd.get('tokenizer_sha256')
-    given = tokenizer_sha256(vq_ckpt) if isinstance(saved, str) else None
-    if given and saved != given:
-        raise ValueError(f"transformer checkpoint {ckpt} was trained on the tokens of another VQGAN than {vq_ckpt} "
-                         f"(tokenizer sha256 {saved[:12]}... vs {given[:12]}...): give the --vqgan-ckpt it was "
-                         f"trained with, or its config")
-    conditional = any(k.startswith('class_emb.') for k in sd)
-    if conditional and model.transformer.class_emb is None:
-        raise ValueError(f"transformer checkpoint {ckpt} is class-conditional (has class_emb) but {config} builds an "
-                         f"unconditional model: use a config with Transformer_param num_classes, e.g. "
-                         f"{CONDITIONAL_CONFIG}")
-    if not conditional and model.transformer.class_emb is not None:
-        raise ValueError(f"transformer checkpoint {ckpt} is unconditional (no class_emb) but {config} builds a "
-                         f"class-conditional model: use a config without Transformer_param num_classes, e.g. "
-                         f"{UNCONDITIONAL_CONFIG}")
-
-
-def check_inputs(data, res):
-    """Every image and mask decoded in full, res x res (the VQGAN's img_resolution), masks binary: one line
-    naming the first file that is not, before any output. Notes (thresholding, masks almost all hole) go to
-    stderr, one line each."""
-    for note in data.check((res, res)):
-        print(note, file=sys.stderr)
+def own_flag_errors(p, args):
+    """argparse errors of the own-picture flags: each names what it needs or what it is for."""
+    own_only = [('--mask-convention', args.mask_convention), ('--mask-from-alpha', args.mask_from_alpha),
+                ('--resize-mask', args.resize_mask), ('--fill-strategy', args.fill_strategy),
+                ('--save-steps', args.save_steps)]
+    for flag, value in own_only:
+        if value and not args.image:
+            p.error(f"{flag} is for --image (your own pictures), not the test folders")
+    sides = isinstance(args.outpaint, dict)
+    if sides and not args.image:
+        p.error("--outpaint side=pixels extends the canvas of --image; the test folders take a REGION "
+                f"({', '.join(OUTPAINT_REGIONS)})")
+    if not args.image:
+        return
+    if args.outpaint and not sides:
+        side = args.outpaint.split('-')[0] if args.outpaint != 'center' else 'left'
+        p.error(f"--outpaint {args.outpaint} is a region of the test folders' images; to extend your picture give "
+                f"side=pixels, e.g. --outpaint {side}=64")
+    if args.mask and args.mask_from_alpha:
+        p.error("--mask and --mask-from-alpha both give the hole: give one")
+    for flag, value in (('--mask-convention', args.mask_convention), ('--resize-mask', args.resize_mask)):
+        if value and not args.mask:
+            p.error(f"{flag} reads --mask; give --mask")
+    if not (args.mask or args.mask_from_alpha or args.outpaint or args.box):
+        p.error("--image needs --mask (or --mask-from-alpha, --outpaint side=px or --box to say what to fill)")
+    folder = os.path.isdir(args.image)
+    if folder and (args.outpaint or args.box):
+        p.error("--outpaint and --box are for one --image file, not a folder")
+    if folder and not (args.mask or args.mask_from_alpha):
+        p.error("--image DIR needs --mask DIR (or --mask-from-alpha)")
+    if args.mask and folder != os.path.isdir(args.mask):
+        p.error(f"--image and --mask must both be files or both folders ({args.image}, {args.mask})")
+    if args.gallery:
+        p.error("--gallery is for the test folders, not --image")
+    if args.labels:
+        p.error("--labels is for the test folders, not --image (use --class)")
+    if args.partial != 1.0:
+        p.error("--partial is for the test folders, not --image")
+    args.mask_convention = args.mask_convention or 'white'
+    args.fill_strategy = args.fill_strategy or 'auto'
 
 
 def mask_tiles(masks, latent_res, img_res):
@@ -255,94 +215,6 @@ def mask_tiles(masks, latent_res, img_res):
     m = (~masks).float().reshape(-1, 1, latent_res, latent_res)
     m = F.interpolate(m, size=(img_res, img_res), mode='nearest').expand(-1, 3, -1, -1)
     return m.reshape(*masks.shape[:-1], 3, img_res, img_res)
-
-
-class Inpainter:
-    """Tokens in, decoding, images out, for batches of (normalised images, pixel masks, ids).
-
-    label: the class id of every image (a conditional model, guided by settings.cfg_scale), a callable from a
-    batch's ids [B] to their class ids [B] long (each image its own class: image_labels), or None: the null class
-    of a conditional model, the plain pass of an unconditional one."""
-
-    def __init__(self, model, settings, mean, std, amp=False, paste_known=False, label=None):
-        self.model, self.settings, self.mean, self.std, self.paste_known = model, settings, mean, std, paste_known
-        self.label = label
-        self.vqgan = model.vqgan
-        self.factor = self.vqgan.img_resolution // self.vqgan.latent_resolution
-        self.amp = torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16, enabled=amp)
-
-    def labels(self, ids):
-        """Class ids [B] of the images numbered ids [B], or None (no class)."""
-        if self.label is None:
-            return None
-        return self.label(ids) if callable(self.label) else torch.full((len(ids),), self.label)
-
-    def logits(self, tokens, labels=None):
-        with self.amp:
-            return self.model.transformer(tokens, labels)
-
-    def regenerate(self, imgs, masks, keep):
-        """(images, masks) with every pixel outside keep [1, H, W] (1 = keep) a hole too, filled with the grey
-        of the course's masked images' holes (what the model is shown where it regenerates)."""
-        masks = masks * keep.to(masks.device)
-        return fill_holes(imgs, masks, normalised_fill(self.mean, self.std, imgs.device)), masks
-
-    def tokens(self, imgs):
-        """Normalised images [B, 3, H, W] -> tokens [B, N]."""
-        with self.amp:
-            return self.vqgan.encode_indices(imgs)
-
-    def images(self, tokens):
-        """tokens [B, N] -> images [B, 3, H, W] in [0, 1]."""
-        with self.amp:
-            return denormalize(self.vqgan.decode_indices(tokens).float(), self.mean, self.std)
-
-    def paste(self, imgs, masks, out):
-        """The input's known pixels over images `out` in [0, 1]."""
-        return masks * denormalize(imgs, self.mean, self.std) + (1 - masks) * out
-
-    def schedule(self, counts, modes):
-        """[T, B] tokens masked after each step: the settings' schedule, one named for all, or one per row."""
-        if modes is None or isinstance(modes, str):
-            return self.settings.schedule(counts, modes)
-        schedule = torch.empty(self.settings.total_iter, len(modes), dtype=torch.long)
-        for mode in set(modes):
-            rows = torch.tensor([m == mode for m in modes])
-            schedule[:, rows] = self.settings.schedule(counts[rows], mode)
-        return schedule
-
-    @torch.no_grad()
-    def __call__(self, imgs, masks, ids, modes=None):
-        """Decode a batch; `modes`: None (the settings' mask_func), one schedule name, or one per image.
-
-        With settings.refine = R, R more rounds k = 1..R: the known tokens are re-encoded from the input's
-        known pixels pasted over the last round's image (context closer to a clean image's than that of the
-        grey holes), and the holes decoded again with the same schedule, seeds from seed + k. Returns the
-        last round's Decoded."""
-        s, K = self.settings, self.model.mask_token_id
-        unknown = latent_mask(masks, self.factor).flatten(1)                     # [B, N]
-        schedule = self.schedule(unknown.sum(1).cpu(), modes)                    # [T, B]
-        labels = self.labels(ids)
-        cond = () if labels is None else (labels, self.model.transformer.num_classes)
-        out = decode(self.logits, self.tokens(imgs), unknown, image_seeds(s.seed, ids), K, schedule, s, *cond)
-        for k in range(1, s.refine + 1):
-            composite = self.paste(imgs, masks, self.images(out.tokens))
-            tokens = self.tokens(normalize(composite, self.mean, self.std))
-            out = decode(self.logits, tokens, unknown, image_seeds(s.seed + k, ids), K, schedule, s, *cond)
-        return out
-
-    def final(self, imgs, masks, out):
-        """Decoded images, with the input's known pixels pasted back under paste_known."""
-        img = self.images(out.tokens)
-        return self.paste(imgs, masks, img) if self.paste_known else img
-
-    def render(self, imgs, masks, out):
-        """(every step's image [S, B, 3, H, W], the result [B, 3, H, W]) in [0, 1]: all steps' predictions in
-        one VQGAN decode, the last step's being the result (preds[-1] = tokens), pasted under paste_known."""
-        S, B = out.preds.shape[:2]
-        steps = self.images(out.preds.flatten(0, 1))                              # [S*B, 3, H, W]
-        steps = steps.view(S, B, *steps.shape[1:])
-        return steps, (self.paste(imgs, masks, steps[-1]) if self.paste_known else steps[-1])
 
 
 TEMP_FILE = re.compile(r'^\..+\.tmp\d+$')  # utils.atomic_open's temporary names: a write in progress, not an output
@@ -424,34 +296,6 @@ def save_schedules(inp, imgs, masks, ids, out, final, path):
     return [f"{mode}: {rows[mode][0].sum(1).tolist()}" for mode in SCHEDULES]
 
 
-def class_label(model, settings, given, config):
-    """The class id of `--class given` (None: no class), after the checks of --class and --cfg-scale on the
-    model built from `config`."""
-    check_guidance(model.transformer, settings.cfg_scale, config)
-    return None if given is None else class_id(model.transformer, given, config)
-
-
-def image_labels(model, path, split, data, config):
-    """--labels: ids [B] -> class ids [B] of the images of `data` (a PairedTestDataset), from a labels.json as
-    prepare_dataset.py writes it: the image numbered i takes the class of the key '<split>/<file>' numbered i (by
-    number, not name: masked_image/image_003.png -> test/image_003.png); null is the null class. One-line errors
-    (an unconditional model, an image without a key, an unknown class) name the file and the key."""
-    tr = model.transformer
-    require_classes(tr, f"--labels {path}", config)
-    labels = read_labels(path)
-    keys = files_by_number([k for k in labels if k.rpartition('/')[0] == split], 'labels',
-                           f"{path} (its {split}/ keys)")
-    table = torch.full((max(data.indices) + 1,), -1, dtype=torch.long)   # by image number; every one used is set
-    for i, image in zip(data.indices, data.images):
-        if i not in keys:
-            raise ValueError(f"--labels {path} has no key {split}/{os.path.basename(image)} (nor another {split}/ "
-                             f"file numbered {i}) for {image}")
-        given = labels[keys[i]]
-        what = f"--labels {path}: {keys[i]} is {given!r}"
-        table[i] = tr.num_classes if given is None else class_id(tr, given, config, what)
-    return lambda ids: table[torch.as_tensor(ids)]
-
-
 def region_keep(args, vqgan):
     """The pixels --outpaint or --box keep, [1, H, W] float (1 = keep), or None without them."""
     res, factor = vqgan.img_resolution, vqgan.img_resolution // vqgan.latent_resolution
@@ -460,56 +304,160 @@ def region_keep(args, vqgan):
     return None if args.box is None else box_keep(args.box, res, factor)
 
 
-def inpaint_image(args, inp, keep, device):
-    """--image / --mask: one image of the user's own, inpainted into <stem>_result.png and <stem>_steps.png (the
-    input with its holes grey, then the image at every step) in --output-dir."""
-    res = inp.vqgan.img_resolution
-    image, known, note = load_user_pair(args.image, args.mask, res, args.invert_mask)
-    if note:
-        print(note, file=sys.stderr)
-    imgs = normalize(image, inp.mean, inp.std)[None].to(device)
-    imgs, masks = inp.regenerate(imgs, known[None].to(device), torch.ones(1, res, res) if keep is None else keep)
-    if not latent_mask(masks, inp.factor).any():
-        raise ValueError(f"--mask {args.mask} has no hole at {res}x{res} (0 = hole; --invert-mask flips it)")
-    out = inp(imgs, masks, torch.tensor([0]))
-    steps, final = inp.render(imgs, masks, out)
-    stem = os.path.join(args.output_dir, os.path.splitext(os.path.basename(args.image))[0])
-    atomic_save_image(tensor01_to_pil(final[0]), f"{stem}_result.png")
-    save_grid(torch.cat([denormalize(imgs, inp.mean, inp.std), steps[:, 0]]), f"{stem}_steps.png",
-              nrow=steps.shape[0] + 1)
-    print(f"wrote {stem}_result.png and {stem}_steps.png")
-
-
-def setup(args):
-    """What a decoding script starts with: (device, model, config, DecodeSettings), after checking that
-    --output-dir can be written."""
-    try:
-        device = resolve_device(None if args.device == 'auto' else args.device)
-    except RuntimeError as e:
-        raise ValueError(str(e)) from None
-    check_writable(args.output_dir, '--output-dir', folder=True)
-    model, cfg = load_maskgit(args, device)
-    return device, model, cfg, decoding_settings(args, cfg['model_param'])
-
-
-@torch.no_grad()
-def run(args):
-    device, model, cfg, settings = setup(args)
-    mean, std = data_stats(cfg, 'test')
+def class_flags(args, model, settings):
+    """The class id of --class (None without it), after the checks of --class and --cfg-scale."""
     label = class_label(model, settings, args.class_name, args.MaskGitConfig)
     if settings.cfg_scale > 0 and args.class_name is None and not args.labels:  # would guide nothing
         raise ValueError(f"--cfg-scale {settings.cfg_scale} guides towards a class: give --class or --labels "
                          f"(without them every image is decoded unguided, under the null class)")
+    return label
+
+
+# ----------------------------------------------------------------------------- your own pictures
+
+def stem_of(path):
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def by_stem(paths, what, flag):
+    """{stem: path}; one-line error for two files of one stem (their results would share a name)."""
+    found = {}
+    for path in paths:
+        stem = stem_of(path)
+        if stem in found:
+            raise ValueError(f"{flag}: {os.path.basename(found[stem])} and {os.path.basename(path)} share the stem "
+                             f"{stem!r} ({what}s are paired and named by stem): rename one")
+        found[stem] = path
+    return found
+
+
+def few(names, n=3):
+    return ', '.join(sorted(names)[:n]) + (', ...' if len(names) > n else '')
+
+
+def own_jobs(args):
+    """[(stem, picture path, mask path or None)] of --image and --mask: one file, or folders paired by stem (the
+    mask <stem>.<ext> or <stem>_mask.<ext>; one folder for both: the *_mask files are the masks). Unmatched files
+    are reported in one line on stderr before any work; none matched is an error."""
+    if not os.path.isdir(args.image):
+        return [(stem_of(args.image), args.image, args.mask)]
+    same = args.mask and os.path.realpath(args.mask) == os.path.realpath(args.image)
+    files = list_images(args.image)
+    pictures = by_stem([f for f in files if not (same and stem_of(f).endswith('_mask'))], 'picture', '--image')
+    if args.mask_from_alpha:
+        return [(stem, path, None) for stem, path in sorted(pictures.items())]
+    masks = {}
+    for path in ([f for f in files if stem_of(f).endswith('_mask')] if same else list_images(args.mask, what='mask')):
+        stem = stem_of(path)
+        key = stem if stem in pictures and not same else stem[:-len('_mask')] if stem.endswith('_mask') else stem
+        if key in masks:
+            raise ValueError(f"--mask {args.mask}: {os.path.basename(masks[key])} and {os.path.basename(path)} are "
+                             f"both masks of {key!r}: keep one")
+        masks[key] = path
+    lone_pictures = [os.path.basename(pictures[k]) for k in pictures if k not in masks]
+    lone_masks = [os.path.basename(masks[k]) for k in masks if k not in pictures]
+    if lone_pictures or lone_masks:
+        print(f"note: skipped {len(lone_pictures)} picture(s) without a mask ({few(lone_pictures) or '-'}) and "
+              f"{len(lone_masks)} mask(s) without a picture ({few(lone_masks) or '-'}); masks are named <stem>.png "
+              f"or <stem>_mask.png", file=sys.stderr)
+    jobs = [(stem, pictures[stem], masks[stem]) for stem in sorted(pictures) if stem in masks]
+    if not jobs:
+        raise ValueError(f"--image {args.image} and --mask {args.mask}: no picture has a mask of its stem")
+    return jobs
+
+
+def box_hole(box, size):
+    """--box x0,y0,x1,y1 as a hole bool [H, W] of a picture of size (w, h), clipped to it."""
+    w, h = size
+    x0, y0, x1, y1 = max(box[0], 0), max(box[1], 0), min(box[2], w), min(box[3], h)
+    if x0 >= x1 or y0 >= y1:
+        raise ValueError(f"--box {','.join(map(str, box))} holds no pixel of the {w}x{h} picture (x1, y1 exclusive)")
+    hole = np.zeros((h, w), bool)
+    hole[y0:y1, x0:x1] = True
+    return hole
+
+
+def own_input(args, image, mask):
+    """(Picture to fill: the canvas with --outpaint sides, hole bool [H, W] (True = hole), fill_alpha) of one own
+    picture, every check of its files done (one-line errors naming them; notes on stderr)."""
+    pic = read_image(image)
+    hole, fill_alpha = np.zeros(pic.size[::-1], bool), False
+    if mask:
+        hole, note = read_mask(mask, pic.size, args.mask_convention, args.resize_mask)
+        if note:
+            print(note, file=sys.stderr)
+    elif args.mask_from_alpha:
+        hole, fill_alpha = mask_from_alpha(pic, image), True
+    if args.box:
+        hole = hole | box_hole(args.box, pic.size)
+    if isinstance(args.outpaint, dict):
+        o = args.outpaint
+        pic, new = outpaint_canvas(pic, **o)
+        hole = new | np.pad(hole, ((o['top'], o['bottom']), (o['left'], o['right'])))
+    return pic, hole, fill_alpha
+
+
+def own_outputs(args, stem):
+    """The files one own picture writes: <stem>_result.png, and <stem>_steps.png with --save-steps."""
+    base = os.path.join(args.output_dir, stem)
+    return [f"{base}_result.png"] + ([f"{base}_steps.png"] if args.save_steps else [])
+
+
+def save_steps_strip(pic, hole, steps, path):
+    """<stem>_steps.png: the input with its hole grey, then the picture after each step, a row, each scaled to at
+    most STRIP_SIDE px a side."""
+    rgb = np.asarray(pic.image.convert('RGB'))
+    frames = [Image.fromarray(np.where(hole[:, :, None], np.array(MASK_FILL, np.uint8), rgb))]
+    frames += [f.convert('RGB') for f in steps]
+    scale = min(1.0, STRIP_SIDE / max(pic.size))
+    size = (max(1, round(pic.size[0] * scale)), max(1, round(pic.size[1] * scale)))
+    tiles = [pil_to_tensor01(f.resize(size, Image.Resampling.LANCZOS) if scale < 1 else f) for f in frames]
+    save_grid(torch.stack(tiles), path, nrow=len(tiles))
+
+
+def own_pictures(args):
+    """--image / --mask: each picture checked (and its outputs: none overwritten without --overwrite) before the
+    model loads, then filled at its own size through the pipeline into --output-dir."""
+    jobs = own_jobs(args)
+    for _, image, mask in jobs:  # every file decoded and checked before any work
+        own_input(args, image, mask)
+    for stem, _, _ in jobs:
+        for path in own_outputs(args, stem):
+            if os.path.exists(path) and not args.overwrite:
+                raise ValueError(f"--output-dir {args.output_dir}: {os.path.basename(path)} exists (an earlier "
+                                 f"run's?): pass --overwrite to replace it, or use another --output-dir")
+    _, model, cfg, settings = setup(args)
+    class_flags(args, model, settings)
+    pipe = Pipeline(model, cfg, args.MaskGitConfig, amp=args.amp, batch_size=args.batch_size)
+    given = {name: getattr(args, name) for name in SETTINGS}
+    for stem, image, mask in tqdm(jobs, desc='inpainting', unit='picture', disable=len(jobs) == 1):
+        pic, hole, fill_alpha = own_input(args, image, mask)
+        result, steps = pipe.fill(pic, hole, fill_alpha, args.save_steps, class_name=args.class_name,
+                                  strategy=args.fill_strategy, **given)
+        paths = own_outputs(args, stem)
+        atomic_save_image(result, paths[0])
+        if args.save_steps:
+            save_steps_strip(pic, hole, steps, paths[1])
+        if len(jobs) == 1:
+            print(f"wrote {' and '.join(paths)} ({result.size[0]}x{result.size[1]} {result.mode})")
+    if len(jobs) > 1:
+        print(f"wrote {len(jobs)} results to {args.output_dir}")
+
+
+@torch.no_grad()
+def run(args):
+    if args.image:
+        return own_pictures(args)
+    device, model, cfg, settings = setup(args)
+    mean, std = data_stats(cfg, 'test')
+    label = class_flags(args, model, settings)
     keep = region_keep(args, model.vqgan)
-    if not args.image:
-        data = PairedTestDataset(args.test_maskedimage_path, args.test_mask_path, args.partial, mean, std)
-        check_inputs(data, model.vqgan.img_resolution)
-        if args.labels:  # each image's own class: needs the images' numbers
-            label = image_labels(model, args.labels, args.labels_split, data, args.MaskGitConfig)
+    data = PairedTestDataset(args.test_maskedimage_path, args.test_mask_path, args.partial, mean, std)
+    check_inputs(data, model.vqgan.img_resolution)
+    if args.labels:  # each image's own class: needs the images' numbers
+        label = image_labels(model, args.labels, args.labels_split, data, args.MaskGitConfig)
     inp = Inpainter(model, settings, mean, std, amp=args.amp, paste_known=args.paste_known or args.box is not None,
                     label=label)
-    if args.image:
-        return inpaint_image(args, inp, keep, device)
     if args.gallery and args.gt_path:  # checked before any output is written
         missing = [gt_file(args.gt_path, i) for i in data.indices[:min(args.gallery, args.batch_size)]
                    if not os.path.isfile(gt_file(args.gt_path, i))]
@@ -542,17 +490,6 @@ def run(args):
         if pending is not None:
             pending.result()
     print(f"wrote {len(data)} images to {os.path.join(args.output_dir, 'test_results')}")
-
-
-def run_cli(run, args):
-    """run(args), its errors one line on stderr (exit status 2), for this script and generate.py."""
-    try:
-        run(args)
-    except (OSError, ValueError, KeyError) as e:
-        msg = f"missing config key {e} (in {args.MaskGitConfig} or its VQGAN config)" if isinstance(e, KeyError) else str(e)
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
-    return 0
 
 
 def main(argv=None):

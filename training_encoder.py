@@ -13,7 +13,7 @@ vocabulary, and a transformer trained on it, stay valid.
     python training_encoder.py --config configs/VQGAN_small.yml --resume          # continue runs/encoder_small
     python training_encoder.py --export runs/encoder_small/best.pt --out runs/encoder_small/export.pt
 
-Validation (the val split with its fixed masks from prepare_dataset.py): `known_agree`, the share of
+Validation (the val split with its fixed masks, as the dataset builder writes them): `known_agree`, the share of
 known tokens of a masked image whose code equals the clean image's code under the frozen tokenizer, and
 `clean_agree`, the same for the unmasked image. best.pt has the highest known_agree. A fresh run into a
 folder holding an earlier run's files is refused unless --resume or --overwrite.

@@ -7,11 +7,11 @@ Random weights (timing does not depend on them). Timing interleaves the two deco
 peak memory is measured for each in a fresh subprocess (CPU: ru_maxrss over the RSS before decoding;
 GPU: max_memory_allocated over the memory allocated before). Model FLOPs utilisation counts T forward
 passes over all N tokens per image, against the datasheet peak on an H100/H200, else a matmul in the
-same dtype measured in the same run (or --peak-tflops). Then the CLI itself: `inpainting.run` on a
-temporary folder of --cli-images masked images (random weights saved as checkpoints, the same batch size and
+same dtype measured in the same run (or --peak-tflops). Then the CLI itself: `inpainting.py`, in its own process
+as a user runs it (start-up and loading included), on a temporary folder of --cli-images masked images (random weights saved as checkpoints, the same batch size and
 decoding flags), against its decoding core alone on the same batches (the Inpainter's call: encoding, the T
 transformer passes and the config's --refine rounds, what eval_inpainting.py times), printed as the ratio
-CLI / core. The CLI's fixed costs (loading, checking
+CLI / core. The CLI's fixed costs (start-up, loading, checking
 the inputs, schedules.png's extra decodes on the first batch) weigh less the more images: a smoke run
 of 8 images overstates the ratio of a full test split. The decoding flags are inpainting.py's, with its
 defaults and the config's (refine: 2 for the shipped MaskGit_small_cond.yml); --refine applies to the CLI part only (the
@@ -25,8 +25,6 @@ decoder comparison.
   python benchmarks/bench_inpainting.py --batch-size 4 --ref-images 1 --repeats 1 --cli-images 8  # smoke test
 """
 import argparse
-import contextlib
-import io
 import json
 import math
 import os
@@ -42,14 +40,15 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script: the repo root
-import inpainting  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # run as a script: the repo root
 from benchmarks.flops import peak_tflops  # noqa: E402
 from dataset import PairedTestDataset, data_stats  # noqa: E402
 from models.decoding import (_GUMBEL, _SAMPLE, DecodeSettings, decode, gamma_func, image_seeds, uniforms)  # noqa: E402
 from models.maskgit import MaskGit  # noqa: E402
 from models.transformer import BidirectionalTransformer  # noqa: E402
 from models.vqgan import VQGAN  # noqa: E402
+from pipeline import DEFAULT_CONFIG, Inpainter, add_decoding_args, decoding_settings, load_maskgit  # noqa: E402
 from utils import atomic_save, load_config, resolve_device  # noqa: E402
 
 
@@ -110,7 +109,7 @@ def setup(args, mode):
     inputs both decoders share."""
     device = resolve_device(args.device)
     mp = load_config(args.config)['model_param']
-    settings = inpainting.decoding_settings(args, mp)
+    settings = decoding_settings(args, mp)
     tp = mp['Transformer_param']
     K, N = tp['num_codebook_vectors'], tp['num_image_tokens']
     torch.manual_seed(0)
@@ -167,9 +166,10 @@ def masked_folder(root, n, res, seed=0):
 
 
 def cli_vs_core(args):
-    """(best seconds of inpainting.run, best seconds of its decoding core) on args.cli_images images in
-    batches of args.batch_size: the CLI with every output it writes, and the Inpainter's call (encoding,
-    decode, refinement rounds) on the same batches, loaded beforehand, interleaved."""
+    """(best seconds of inpainting.py, best seconds of its decoding core) on args.cli_images images in
+    batches of args.batch_size: the CLI in its own process with every output it writes (start-up and loading
+    included), and the Inpainter's call (encoding, decode, refinement rounds) on the same batches, loaded
+    beforehand, interleaved."""
     mp = load_config(args.config)['model_param']
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)  # random weights, saved as the CLI loads checkpoints
@@ -178,25 +178,28 @@ def cli_vs_core(args):
         atomic_save(VQGAN(vq_param).state_dict(), vq)
         atomic_save(MaskGit(mp).transformer.state_dict(), tr)
         img_dir, mask_dir = masked_folder(os.path.join(tmp, 'data'), args.cli_images, vq_param['img_resolution'])
-        cli = inpainting.parse_args(['--device', args.device, '--MaskGitConfig', args.config, '--vqgan-ckpt', vq,
-                                     '--load-transformer-ckpt-path', tr, '--test-maskedimage-path', img_dir,
-                                     '--test-mask-path', mask_dir, '--batch-size', str(args.batch_size),
-                                     '--output-dir', os.path.join(tmp, 'out')] + (['--amp'] if args.amp else []))
-        for f in fields(DecodeSettings):  # the bench's decoding flags, as parsed
-            setattr(cli, f.name, getattr(args, f.name))
+        cmd = [sys.executable, os.path.join(ROOT, 'inpainting.py'), '--device', args.device, '--MaskGitConfig',
+               args.config, '--vqgan-ckpt', vq, '--load-transformer-ckpt-path', tr, '--test-maskedimage-path', img_dir,
+               '--test-mask-path', mask_dir, '--batch-size', str(args.batch_size),
+               '--output-dir', os.path.join(tmp, 'out')] + (['--amp'] if args.amp else [])
+        for f in fields(DecodeSettings):  # the bench's decoding flags, as given
+            if getattr(args, f.name) is not None:
+                cmd += [f"--{f.name.replace('_', '-')}", str(getattr(args, f.name))]
+        env = dict(os.environ, **({'OMP_NUM_THREADS': str(args.threads)} if args.threads else {}))
+        cli = argparse.Namespace(MaskGitConfig=args.config, vqgan_ckpt=vq, load_transformer_ckpt_path=tr)
         device = resolve_device(args.device)
-        model, cfg = inpainting.load_maskgit(cli, device)
+        model, cfg = load_maskgit(cli, device)
         mean, std = data_stats(cfg, 'test')
-        settings = inpainting.decoding_settings(cli, cfg['model_param'])
-        inp = inpainting.Inpainter(model, settings, mean, std, amp=args.amp)
+        settings = decoding_settings(args, cfg['model_param'])
+        inp = Inpainter(model, settings, mean, std, amp=args.amp)
         batches = [(imgs.to(device), masks.to(device), ids) for imgs, masks, ids in
                    DataLoader(PairedTestDataset(img_dir, mask_dir, 1.0, mean, std), args.batch_size)]
         sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
 
-        def run_cli():
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                inpainting.run(cli)
-            sync()
+        def run_cli():  # a script, not a library: run as a user runs it (start-up and loading included)
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if proc.returncode:
+                sys.exit(f"error: inpainting.py failed:\n{proc.stderr[-2000:]}")
 
         def run_core():
             for imgs, masks, ids in batches:
@@ -214,7 +217,7 @@ def cli_vs_core(args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--config', default=inpainting.DEFAULT_CONFIG, help="MaskGit config (its Transformer_param)")
+    p.add_argument('--config', default=DEFAULT_CONFIG, help="MaskGit config (its Transformer_param)")
     p.add_argument('--batch-size', type=int, default=64)
     p.add_argument('--ref-images', type=int, default=8, help="images the per-image reference decodes (it is slow)")
     p.add_argument('--repeats', type=int, default=2, help="timed rounds (reference then batched); the fastest counts")
@@ -227,10 +230,10 @@ def main():
                    help="images for the CLI-against-core measurement, in batches of --batch-size (0: skip it)")
     p.add_argument('--cli-only', action='store_true', help="only the CLI-against-core measurement")
     p.add_argument('--mode', choices=['batched', 'reference'], help=argparse.SUPPRESS)
-    inpainting.add_decoding_args(p)
+    add_decoding_args(p)
     args = p.parse_args()
     try:
-        settings = inpainting.decoding_settings(args, load_config(args.config)['model_param'])
+        settings = decoding_settings(args, load_config(args.config)['model_param'])
     except ValueError as e:
         p.error(str(e))
     if 0 < settings.sweet_spot < settings.total_iter:
@@ -283,7 +286,8 @@ def print_cli_vs_core(args):
     t_cli, t_core, settings = cli_vs_core(args)
     print(f"config {args.config}, {settings}, amp {'bf16' if args.amp else 'off'}, torch threads "
           f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
-    print(f"CLI (inpainting.run, {args.cli_images} images, batch {args.batch_size}, every output written): "
+    print(f"CLI (inpainting.py, {args.cli_images} images, batch {args.batch_size}, every output written, start-up "
+          f"included): "
           f"{t_cli:.2f} s; its decoding core (the Inpainter's call: encode, {settings.total_iter} passes, "
           f"{settings.refine} refinement rounds): {t_core:.2f} s (best of {args.repeats}); "
           f"CLI / core = {t_cli / t_core:.2f}x")

@@ -8,9 +8,10 @@ A small CNN (models/classifier.py) is trained on the train split of --data (its 
 test split; it is saved to --classifier (default OUT/classifier.pt) and loaded from there when the file exists
 (delete it to retrain). For each --cfg-scales value, --n images of every class are generated from nothing by
 models.decoding.generate with the conditional checkpoint, image i of class c with generate.py's randomness
-(--seed, c, i): the same images `generate.py --class c` writes. The decoding flags are inpainting.py's; their
-default is argmax (--temperature 0), and with the small config's choice temperature 0 that draws no randomness, so
-pass --temperature 1 (the paper's generation setting). Each setting is scored by FID of all its images against
+(--seed, c, i): the same images `generate.py --class c` writes. The decoding flags are inpainting.py's, with the
+config's `model_param: generate:` defaults as in generate.py; without those the default is argmax (--temperature 0),
+and with the small config's choice temperature 0 that draws no randomness, so pass --temperature 1 (the paper's
+generation setting). Each setting is scored by FID of all its images against
 the train split (whose Inception statistics are computed once per output folder) and by the share of images of
 class c the classifier calls c. Writes, under --output-dir (OUT):
   OUT/cfg_<W>/<class>_<i>.png   the images of scale W (the folder FID reads)
@@ -34,12 +35,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from dataset import class_names, data_stats, list_images, read_labels, tensor01_to_pil  # noqa: E402
 from fid import compute_fid  # noqa: E402
 from fid.score import ImageFiles  # noqa: E402
-from generate import class_folder, image_ids  # noqa: E402
-from inpainting import Inpainter, add_decoding_args, add_model_args, decoding_settings, run_cli, setup  # noqa: E402
 from models.classifier import (EPOCHS, labelled_images, load_classifier, per_class_accuracy, predict,  # noqa: E402
                                save_classifier, train_classifier)
-from models.decoding import generate, image_seeds  # noqa: E402
 from models.transformer import require_classes  # noqa: E402
+from pipeline import (Inpainter, add_decoding_args, add_model_args, class_folder, decoding_settings,  # noqa: E402
+                      id_classes, image_ids, run_cli, setup)
 from plots import save_grid  # noqa: E402
 from utils import atomic_open, atomic_save_image  # noqa: E402
 
@@ -126,18 +126,17 @@ def judge(a, cfg, labels, names, labels_path, train_dir, test_dir, size, device)
 
 
 @torch.no_grad()
-def generate_setting(model, settings, mean, std, n, batch_size, folder, device, amp=False):
+def generate_setting(model, settings, mean, std, n, batch_size, folder, amp=False):
     """n images of every class decoded under `settings`, written to folder/<class>_<i>.png; returns the files
     (class-major) and their class ids [C*n]."""
-    inp = Inpainter(model, settings, mean, std, amp=amp)
+    inp = Inpainter(model, settings, mean, std, amp=amp, label=id_classes)  # each image's class from its id
     classes = torch.arange(model.transformer.num_classes).repeat_interleave(n)        # [C*n] each image's class
     index = torch.arange(n).repeat(model.transformer.num_classes)                    # [C*n] its number in the class
     ids = image_ids(classes, index)  # generate.py's: its randomness, its images
     files = [os.path.join(folder, image_file(model, c, i)) for c, i in zip(classes.tolist(), index.tolist())]
     for k in tqdm(range(0, len(ids), batch_size), desc=os.path.basename(folder), unit='batch'):
         b = slice(k, k + batch_size)
-        out = generate(inp.logits, len(ids[b]), model.num_image_tokens, image_seeds(settings.seed, ids[b]),
-                       model.mask_token_id, settings, device, classes[b], model.transformer.num_classes)
+        out = inp.generate(ids[b])
         for img, f in zip(inp.images(out.tokens).cpu(), files[b]):                   # [B, 3, H, W] in [0, 1]
             atomic_save_image(tensor01_to_pil(img), f)
     return files, classes
@@ -155,7 +154,7 @@ def check_stale(folder, files):
 
 
 def run(a):
-    device, model, cfg, base = setup(a)
+    device, model, cfg, base = setup(a, generation=True)
     labels, names, labels_path, train_dir, test_dir = dataset_classes(a, model.transformer)   # checked first
     if base.temperature == 0 and base.choice_temperature == 0 and a.n > 1:
         print(f"note: --temperature 0 with --choice-temperature 0 draws no randomness: the {a.n} images of a class "
@@ -170,8 +169,7 @@ def run(a):
     for w, folder in planned.items():
         settings = replace(base, cfg_scale=w)
         t0 = time.time()
-        files, classes = generate_setting(model, settings, *data_stats(cfg, 'test'), n, a.batch_size, folder, device,
-                                          a.amp)
+        files, classes = generate_setting(model, settings, *data_stats(cfg, 'test'), n, a.batch_size, folder, a.amp)
         seconds = time.time() - t0
         images = torch.stack([*ImageFiles(files)])                                    # [C*n, 3, H, W] uint8, as saved
         grid = images.view(C, n, *images.shape[1:])[:, :GRID_IMAGES].flatten(0, 1)    # [C*k, 3, H, W]

@@ -4,11 +4,11 @@
     python benchmarks/eval_inpainting.py --split test --out results/eval_test \
         --runs ours=--total-iter,8 --baselines all                               # once per shipped candidate
 
-Every run fills the same masked images (the split's fixed masks from prepare_dataset.py) and is scored
+Every run fills the same masked images (the split's fixed masks, as prepare_dataset.py wrote them) and is scored
 against the split's ground truth, whose Inception statistics are computed once per output folder and dataset
 (OUT/gt_stats_<split>_<n>_<fingerprint>.npz: a rebuilt dataset gets its own). --split holdout: the held-out
 categories' split of prepare_dataset.py (DATA/holdout_masked_image, ...).
-Decoding runs are inpainting.py's Inpainter with `--paste-known` and the run's decoding flags. Baselines on the
+Decoding runs are the Inpainter (pipeline.py) of inpainting.py with `--paste-known` and the run's decoding flags. Baselines on the
 same masks: OpenCV Telea and Navier-Stokes (radius 3), the mean known colour, and the tokenizer alone:
 `vqgan_recon` (the whole ground truth through encode/decode: rFID) and `vqgan_recon_paste` (the same with
 the known pixels pasted: the ceiling of any transformer on this tokenizer). Hole L1 (0..255 levels) and
@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script: the repo root
-import inpainting  # noqa: E402
+import pipeline  # noqa: E402
 from benchmarks.common import SPLITS, fid_of, gt_stats, hole_errors, load_images, split_data  # noqa: E402
 from dataset import data_stats, denormalize, normalize, tensor01_to_pil  # noqa: E402
 from models.baselines import have_opencv, mean_fill, opencv_fill  # noqa: E402
@@ -62,11 +62,11 @@ def parse_runs(specs, seed=None):
         if name in runs:
             raise SystemExit(f"--runs: run name {name} given twice")
         flags = [f for f in flags.split(',') if f]
-        parser = inpainting.add_decoding_args(argparse.ArgumentParser(prog=f'--runs {name}', add_help=False))
+        parser = pipeline.add_decoding_args(argparse.ArgumentParser(prog=f'--runs {name}', add_help=False))
         ns = parser.parse_args(flags)
         ns.seed = seed if ns.seed is None else ns.seed
         try:
-            inpainting.decoding_settings(ns)
+            pipeline.decoding_settings(ns)
         except ValueError as e:
             parser.error(str(e))
         runs[name] = (' '.join(flags), ns)
@@ -80,7 +80,7 @@ def main(argv=None):
                    help='val: every choice is made here; test: report; holdout: the held-out categories')
     p.add_argument('--out', default=None, help='output folder (default results/eval_<split>)')
     p.add_argument('--data', default='data/openclipart', help='dataset in the course layout (prepare_dataset.py)')
-    p.add_argument('--MaskGitConfig', default=inpainting.DEFAULT_CONFIG)
+    p.add_argument('--MaskGitConfig', default=pipeline.DEFAULT_CONFIG)
     p.add_argument('--load-transformer-ckpt-path', default=None, help="default: the config's checkpoint: path")
     p.add_argument('--vqgan-ckpt', default=None, help="default: the config's VQ_CKPT_path")
     p.add_argument('--runs', nargs='*', default=['T8=--total-iter,8', 'T1=--total-iter,1'],
@@ -104,11 +104,11 @@ def main(argv=None):
     out_dir = a.out or os.path.join('results', f'eval_{a.split}')
     runs = parse_runs(a.runs, a.seed)
     device = resolve_device(None if a.device == 'auto' else a.device)
-    model, cfg = inpainting.load_maskgit(a, device, transformer=bool(runs))  # baselines alone: no transformer
+    model, cfg = pipeline.load_maskgit(a, device, transformer=bool(runs))  # baselines alone: no transformer
     settings = {}
     for name, (_, ns) in runs.items():  # the config's values and the model's bounds on the run's flags
         try:
-            settings[name] = inpainting.decoding_settings(ns, cfg['model_param'])
+            settings[name] = pipeline.decoding_settings(ns, cfg['model_param'])
         except ValueError as e:
             raise SystemExit(f"error: --runs {name}: {e}")
     mean, std = data_stats(cfg, 'test')
@@ -118,8 +118,8 @@ def main(argv=None):
         raise SystemExit(f"error: {e}")
     try:  # a run's --cfg-scale and --labels refused in one line on an unconditional model, before any output
         for s in settings.values():
-            inpainting.class_label(model, s, None, a.MaskGitConfig)
-        label = a.labels and inpainting.image_labels(model, a.labels, SPLITS[a.split][2], data, a.MaskGitConfig)
+            pipeline.class_label(model, s, None, a.MaskGitConfig)
+        label = a.labels and pipeline.image_labels(model, a.labels, SPLITS[a.split][2], data, a.MaskGitConfig)
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: {e}")
     gt_all = load_images(gt_files)                                                      # [N, 3, H, W]
@@ -143,7 +143,7 @@ def main(argv=None):
     for name, run_settings in tqdm(todo, desc=f'runs on {a.split}'):
         folder = os.path.join(out_dir, name)
         t0 = time.time()
-        inp = run_settings and inpainting.Inpainter(model, run_settings, mean, std, paste_known=True, label=label)
+        inp = run_settings and pipeline.Inpainter(model, run_settings, mean, std, paste_known=True, label=label)
         l1s, psnrs, pos = [], [], 0
         for imgs, masks, ids in loader:
             imgs, masks = imgs.to(device), masks.to(device)

@@ -132,7 +132,7 @@ class DecodeSettings:
     temperature: float = 0.0         # token sampling: 0 = argmax
     sweet_spot: int = 0              # stop after this step, argmax the rest (<= 0 or >= total_iter: all steps)
     seed: int = 0                    # run seed; an image's streams are (seed, image id)
-    refine: int = 0                  # re-encode-and-decode rounds after the first (inpainting.Inpainter)
+    refine: int = 0                  # re-encode-and-decode rounds after the first (pipeline.Inpainter)
     cfg_scale: float = 0.0           # classifier-free guidance w: (1+w) cond - w uncond; 0 = off (one pass a step)
     cfg_schedule: str = 'constant'   # w over the steps, one of CFG_SCHEDULES (see cfg_weight)
 

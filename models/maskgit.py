@@ -51,8 +51,6 @@ class MaskGit(nn.Module):
         self.vqgan = vqgan
         self.transformer = BidirectionalTransformer(tp)
 
-    gamma_func = staticmethod(gamma_func)
-
     @torch.no_grad()
     def encode_to_z(self, x):
         """Images [B, 3, H, W] (normalised) -> (z_q [B, D, h, w], tokens [B, h*w] long)."""

@@ -81,11 +81,6 @@ def latent_mask(mask, factor=4):
     return F.avg_pool2d(mask.float(), factor)[:, 0] < 1  # [B, H/f, W/f]
 
 
-def token_mask_bank(n, size, factor, seed, hole_min=0.1, hole_max=0.5):
-    """The same n training masks at token level: bool [n, (size/factor)^2], True = unknown."""
-    return latent_mask(pixel_mask_bank(n, size, seed, hole_min, hole_max), factor).flatten(1)
-
-
 def fill_holes(x, keep, fill):
     """Normalised images [B, 3, H, W] with pixel masks [B, 1, H, W] (1 = keep) -> holes set to `fill` [3]
     (the normalised MASK_FILL grey of the course's masked images)."""

@@ -8,6 +8,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import inpainting
+import pipeline
 from conftest import ROOT
 from dataset import MASK_FILL, data_stats, load_rgb, normalize, pil_to_tensor01
 from models.decoding import decode, image_seeds
@@ -110,8 +111,8 @@ def test_shipped_transformer_predicts_hole_tokens_far_better_than_baselines(four
     monkeypatch.chdir(ROOT)
     d = four_images
     args = inpainting.parse_args(['--device', 'cpu', '--MaskGitConfig', str(SMALL), '--total-iter', '4'])
-    model, cfg = inpainting.load_maskgit(args, torch.device('cpu'))
-    settings = inpainting.decoding_settings(args, cfg['model_param'])
+    model, cfg = pipeline.load_maskgit(args, torch.device('cpu'))
+    settings = pipeline.decoding_settings(args, cfg['model_param'])
     mean, std = data_stats(cfg, 'test')
     gt = torch.stack([normalize(pil_to_tensor01(load_rgb(d / 'test' / f'image_{i:03d}.png')), mean, std)
                       for i in range(4)])

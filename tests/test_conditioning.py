@@ -12,9 +12,11 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from scipy import ndimage
 
 import generate
 import inpainting
+import pipeline
 import training_transformer as tt
 from conftest import CLASS_NAMES, COURSE_TRAIN, IMG, LAT, TINY_VQ, interrupt_then_resume, run_args, tiny_mp
 from dataset import PairedTestDataset, data_stats
@@ -309,10 +311,10 @@ def plain_lab(make_inpainting_lab):
 def inpainter(lab, *flags):
     args = inpainting.parse_args(['--device', 'cpu', '--MaskGitConfig', str(lab / 'mg.yml'),
                                   '--load-transformer-ckpt-path', str(lab / 'tr.pt'), '--total-iter', '4', *flags])
-    model, cfg = inpainting.load_maskgit(args, torch.device('cpu'))
-    settings = inpainting.decoding_settings(args, cfg['model_param'])
-    label = inpainting.class_label(model, settings, args.class_name, args.MaskGitConfig)
-    inp = inpainting.Inpainter(model, settings, *data_stats(cfg, 'test'), label=label)
+    model, cfg = pipeline.load_maskgit(args, torch.device('cpu'))
+    settings = pipeline.decoding_settings(args, cfg['model_param'])
+    label = pipeline.class_label(model, settings, args.class_name, args.MaskGitConfig)
+    inp = pipeline.Inpainter(model, settings, *data_stats(cfg, 'test'), label=label)
     data = PairedTestDataset(lab / 'img', lab / 'mask', 1.0, inp.mean, inp.std)
     imgs, masks, ids = (torch.stack(x) if torch.is_tensor(x[0]) else torch.tensor(x) for x in zip(*data))
     return inp, imgs, masks, ids
@@ -367,71 +369,162 @@ def test_outpaint_and_class_on_the_test_folders_write_the_course_files(lab, tmp_
     assert not (first & ~kept).any() and first.any()   # known: the centre, less the mask file's hole
 
 
-# ----------------------------------------------------------------------------- --image / --mask
+# ----------------------------------------------------------------------------- --image / --mask (issue 33)
+
+W, H = 48, 36  # a non-square picture of one's own, larger than the model's IMG
+
 
 @pytest.fixture(scope='module')
 def own(tmp_path_factory):
-    """An image of one's own (32x24: centre-cropped and resized) with a mask of another size (8x6), a 16x16
-    image and its mask, and files that are not images."""
+    """A 48x36 picture with masks in both conventions (a 10x8 hole), a 48x36 RGBA picture with a transparent
+    hole, and files that are not images."""
     d = tmp_path_factory.mktemp('own')
     rng = np.random.default_rng(1)
-    Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(d / 'photo.png')
-    m = np.full((6, 8), 255, np.uint8)
-    m[2:4, 1] = 0   # pixels 8..15 x 4..7 of the photo; 8..15 x 0..3 of its centre crop (columns 4..27)
-    Image.fromarray(m, 'L').save(d / 'photo_mask.png')
-    Image.fromarray(rng.integers(0, 256, (IMG, IMG, 3), dtype=np.uint8)).save(d / 'small.png')
-    Image.fromarray(hole_mask(2), 'L').save(d / 'small_mask.png')
-    Image.new('L', (IMG, IMG), 255).save(d / 'no_hole.png')
-    Image.fromarray((hole_mask(2) > 0).astype(np.uint8), 'L').save(d / 'zero_one.png')
+    Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)).save(d / 'photo.png')
+    white = np.zeros((H, W), np.uint8)
+    white[10:18, 20:30] = 255
+    Image.fromarray(white, 'L').save(d / 'white.png')
+    Image.fromarray(255 - white, 'L').save(d / 'black.png')
+    Image.fromarray(white[:, :40], 'L').save(d / 'narrow.png')                  # another size
+    Image.new('L', (W, H), 0).save(d / 'no_hole.png')
+    Image.fromarray((white > 0).astype(np.uint8), 'L').save(d / 'zero_one.png')
+    rgba = rng.integers(0, 256, (H, W, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    rgba[10:18, 20:30, 3] = 0
+    Image.fromarray(rgba, 'RGBA').save(d / 'cutout.png')
     (d / 'broken.png').write_bytes(b'\x89PNG not really')
     return d
 
 
-def test_own_image_writes_its_result_and_strip(lab, own, tmp_path, capsys):
-    assert cli(lab, tmp_path, '--image', str(own / 'photo.png'), '--mask', str(own / 'photo_mask.png'),
+def white_hole():
+    hole = np.zeros((H, W), bool)
+    hole[10:18, 20:30] = True
+    return hole
+
+
+def far_from(hole, px=4):
+    """Pixels more than px from the hole (fullsize.FEATHER = 3): the input's, byte for byte."""
+    return ndimage.distance_transform_edt(~hole) > px
+
+
+def test_own_image_comes_back_at_its_size_with_far_pixels_byte_identical(lab, own, tmp_path):
+    assert cli(lab, tmp_path, '--image', str(own / 'photo.png'), '--mask', str(own / 'white.png'),
+               '--fill-strategy', 'model', folders=False) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['photo_result.png']    # steps only when asked
+    result, given = Image.open(tmp_path / 'photo_result.png'), png(own / 'photo.png')
+    assert result.size == (W, H) and result.mode == 'RGB'
+    result, hole = np.asarray(result).astype(int), white_hole()
+    assert np.array_equal(result[far_from(hole)], given[far_from(hole)])
+    assert not np.array_equal(result[hole], given[hole])                         # the hole filled
+
+
+def test_mask_conventions_give_the_same_hole(lab, own, tmp_path):
+    assert cli(lab, tmp_path / 'w', '--image', str(own / 'photo.png'), '--mask', str(own / 'white.png'),
+               '--fill-strategy', 'model', folders=False) == 0
+    assert cli(lab, tmp_path / 'b', '--image', str(own / 'photo.png'), '--mask', str(own / 'black.png'),
+               '--mask-convention', 'black', '--fill-strategy', 'model', folders=False) == 0
+    assert np.array_equal(png(tmp_path / 'w' / 'photo_result.png'), png(tmp_path / 'b' / 'photo_result.png'))
+    # black.png under the default (white = hole) is all but the hole: filled, with a note of the other convention
+    assert cli(lab, tmp_path / 'x', '--image', str(own / 'photo.png'), '--mask', str(own / 'black.png'),
+               '--fill-strategy', 'model', folders=False) == 0
+    assert not np.array_equal(png(tmp_path / 'x' / 'photo_result.png'), png(tmp_path / 'w' / 'photo_result.png'))
+
+
+def test_mask_from_alpha_fills_the_transparent_pixels_and_keeps_rgba(lab, own, tmp_path):
+    assert cli(lab, tmp_path, '--image', str(own / 'cutout.png'), '--mask-from-alpha', '--fill-strategy', 'model',
                folders=False) == 0
+    out, given = Image.open(tmp_path / 'cutout_result.png'), png(own / 'cutout.png')
+    assert out.mode == 'RGBA' and out.size == (W, H)
+    out, hole = np.asarray(out).astype(int), white_hole()
+    assert (out[hole, 3] == 255).all()                                           # filled: opaque
+    assert np.array_equal(out[far_from(hole)], given[far_from(hole)])
+
+
+def test_mask_of_another_size_is_an_error_unless_resize_mask(lab, own, tmp_path, capsys):
+    out = tmp_path / 'o'
+    err = one_line_error(capsys, cli(lab, out, '--image', str(own / 'photo.png'), '--mask', str(own / 'narrow.png'),
+                                     folders=False), out)
+    assert 'narrow.png is 40x36 but its image is 48x36' in err
+    assert cli(lab, out, '--image', str(own / 'photo.png'), '--mask', str(own / 'narrow.png'), '--resize-mask',
+               folders=False) == 0
+    assert Image.open(out / 'photo_result.png').size == (W, H)
+
+
+def test_own_outpaint_extends_the_canvas_keeping_the_whole_original(lab, own, tmp_path):
+    assert cli(lab, tmp_path, '--image', str(own / 'photo.png'), '--outpaint', 'left=16,top=4', '--save-steps',
+               folders=False) == 0
+    out, given = png(tmp_path / 'photo_result.png'), png(own / 'photo.png')
+    assert out.shape == (H + 4, W + 16, 3)
+    assert np.array_equal(out[4 + 4:, 16 + 4:], given[4:, 4:])                  # beyond the feather band: the input
+    strip = Image.open(tmp_path / 'photo_steps.png')                             # input + 3 steps, each full size
+    assert strip.size == (4 * (W + 16 + 2) + 2, H + 4 + 4)
+
+
+def test_own_box_is_a_hole_at_full_size(lab, own, tmp_path):
+    assert cli(lab, tmp_path, '--image', str(own / 'photo.png'), '--box', '5,6,15,14', '--class', 'cat',
+               '--fill-strategy', 'model', folders=False) == 0
+    hole = np.zeros((H, W), bool)
+    hole[6:14, 5:15] = True
+    out, given = png(tmp_path / 'photo_result.png'), png(own / 'photo.png')
+    assert np.array_equal(out[far_from(hole)], given[far_from(hole)]) and not np.array_equal(out[hole], given[hole])
+
+
+def test_a_result_is_never_overwritten_silently(lab, own, tmp_path, capsys):
+    flags = ['--image', str(own / 'photo.png'), '--mask', str(own / 'white.png'), '--fill-strategy', 'model']
+    assert cli(lab, tmp_path, *flags, folders=False) == 0
+    first = (tmp_path / 'photo_result.png').read_bytes()
+    err = one_line_error(capsys, cli(lab, tmp_path, *flags[:3], str(own / 'black.png'), '--mask-convention', 'black',
+                                     '--seed', '5', folders=False))
+    assert 'photo_result.png exists' in err and '--overwrite' in err
+    assert (tmp_path / 'photo_result.png').read_bytes() == first                 # untouched
+    assert cli(lab, tmp_path, *flags, '--temperature', '1', '--seed', '5', '--overwrite', folders=False) == 0
+    assert (tmp_path / 'photo_result.png').read_bytes() != first
+
+
+def test_folder_mode_pairs_by_stem_and_reports_unmatched_first(lab, own, tmp_path, capsys):
+    pics, masks, out = tmp_path / 'pics', tmp_path / 'masks', tmp_path / 'out'
+    pics.mkdir(), masks.mkdir()
+    for stem in ('a', 'b', 'lonely'):
+        Image.open(own / 'photo.png').save(pics / f'{stem}.png')
+    Image.open(own / 'white.png').save(masks / 'a.png')
+    Image.open(own / 'white.png').save(masks / 'b_mask.png')
+    Image.open(own / 'white.png').save(masks / 'stray.png')
+    assert cli(lab, out, '--image', str(pics), '--mask', str(masks), folders=False) == 0
     err = capsys.readouterr().err
-    assert 'photo.png is 32x24: centre-cropped to 24x24 and resized to 16x16' in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['photo_result.png', 'photo_steps.png']
-    assert Image.open(tmp_path / 'photo_result.png').size == (IMG, IMG)
-    assert Image.open(tmp_path / 'photo_steps.png').size == (4 * (IMG + 2) + 2, IMG + 2 + 2)   # input + 3 steps
-    # the input tile shows the hole grey where the 8x6 mask's hole falls after the image's crop and resize: PIL's
-    # nearest takes source pixel floor((j + 0.5) * 24 / 16) for output pixel j: rows 5..10 -> 8..15, columns
-    # 0..2 -> 0..3 of the crop (resizing the uncropped mask would grey columns 2..3 instead)
-    shown = png(tmp_path / 'photo_steps.png')[2:2 + IMG, 2:2 + IMG]
-    grey = (shown == 128).all(-1)
-    want = np.zeros((IMG, IMG), bool)
-    want[5:11, 0:3] = True
-    assert np.array_equal(grey, want)
-
-
-def test_own_image_at_the_models_size_box_edit_is_bit_identical_outside(lab, own, tmp_path, capsys):
-    assert cli(lab, tmp_path, '--image', str(own / 'small.png'), '--box', '3,2,9,7', '--class', 'cat',
-               folders=False) == 0
-    assert 'note' not in capsys.readouterr().err   # nothing resized
-    inside = box_keep((3, 2, 9, 7), IMG, FACTOR)[0].numpy() == 0
-    result, given = png(tmp_path / 'small_result.png'), png(own / 'small.png')
-    assert np.array_equal(result[~inside], given[~inside]) and not np.array_equal(result[inside], given[inside])
-    assert cli(lab, tmp_path / 'inv', '--image', str(own / 'small.png'), '--mask', str(own / 'no_hole.png'),
-               '--invert-mask', folders=False) == 0   # all hole: generation around nothing
+    assert 'skipped 1 picture(s) without a mask (lonely.png) and 1 mask(s) without a picture (stray.png)' in err
+    assert sorted(p.name for p in out.iterdir()) == ['a_result.png', 'b_result.png']
+    assert np.array_equal(png(out / 'a_result.png'), png(out / 'b_result.png'))  # same picture, mask, seed
+    # a stale result of one of them: refused before any work, nothing written
+    (out / 'b_result.png').unlink()
+    (pics / 'lonely.png').unlink(), (masks / 'stray.png').unlink()
+    err = one_line_error(capsys, cli(lab, out, '--image', str(pics), '--mask', str(masks), folders=False))
+    assert 'a_result.png exists' in err and not (out / 'b_result.png').exists()
 
 
 def test_bad_own_image_inputs_are_refused_before_any_output(lab, own, tmp_path, capsys):
     out = tmp_path / 'o'
-    img, mask = str(own / 'small.png'), str(own / 'small_mask.png')
+    img, mask = str(own / 'photo.png'), str(own / 'white.png')
     cases = [(['--image', str(own / 'broken.png'), '--mask', mask], 'cannot read image .*broken.png'),
              (['--image', str(own / 'nowhere.png'), '--mask', mask], 'cannot read image .*nowhere.png'),
              (['--image', img, '--mask', str(own / 'broken.png')], 'cannot read mask .*broken.png'),
              (['--image', img, '--mask', str(own / 'zero_one.png')], 'zero_one.png is a 0/1 mask'),
-             (['--image', img, '--mask', str(own / 'no_hole.png')], r'no_hole.png has no hole at 16x16 .*--invert-mask')]
+             (['--image', img, '--mask', str(own / 'no_hole.png')], r'no_hole.png has no hole \(white pixels'),
+             (['--image', img, '--mask-from-alpha'], 'has no transparent pixels'),
+             (['--image', img, '--box', '60,0,70,10'], '--box 60,0,70,10 holds no pixel of the 48x36 picture')]
     for flags, error in cases:
         err = one_line_error(capsys, cli(lab, out, *flags, folders=False), out)
         assert re.search(error, err), err
     for flags, error in [(['--image', img], '--image needs --mask'), (['--mask', mask], '--mask needs --image'),
-                         (['--image', img, '--mask', mask, '--gallery', '1'], '--gallery is for the test folders')]:
+                         (['--image', img, '--mask', mask, '--gallery', '1'], '--gallery is for the test folders'),
+                         (['--image', img, '--mask', mask, '--invert-mask'], 'pass --mask-convention black'),
+                         (['--image', img, '--outpaint', 'left'], 'give side=pixels, e.g. --outpaint left=64'),
+                         (['--outpaint', 'left=64'], '--outpaint side=pixels extends the canvas of --image'),
+                         (['--image', img, '--outpaint', 'up=3'], 'expected side=pixels'),
+                         (['--mask-convention', 'black'], '--mask-convention is for --image'),
+                         (['--image', img, '--mask', mask, '--mask-from-alpha'], 'give one')]:
         with pytest.raises(SystemExit) as e:
             cli(lab, out, *flags, folders=False)
-        assert e.value.code == 2 and error in capsys.readouterr().err and not out.exists()
+        assert e.value.code == 2 and error in capsys.readouterr().err and not out.exists(), flags
 
 
 # ----------------------------------------------------------------------------- classes and boxes refused
@@ -504,9 +597,9 @@ def labels_file(path, classes=TRUE, **extra):
 def test_per_image_labels_decode_each_image_as_alone_under_its_own_class(lab, tmp_path):
     inp, imgs, masks, ids = inpainter(lab, '--cfg-scale', '2')
     data = PairedTestDataset(lab / 'img', lab / 'mask', 1.0, inp.mean, inp.std)
-    label = inpainting.image_labels(inp.model, labels_file(tmp_path / 'l.json'), 'test', data, 'mg.yml')
+    label = pipeline.image_labels(inp.model, labels_file(tmp_path / 'l.json'), 'test', data, 'mg.yml')
     assert label(ids).tolist() == [CLASS_NAMES.index(TRUE[i]) for i in IDS]
-    both = inpainting.Inpainter(inp.model, inp.settings, inp.mean, inp.std, label=label)(imgs, masks, ids)
+    both = pipeline.Inpainter(inp.model, inp.settings, inp.mean, inp.std, label=label)(imgs, masks, ids)
     for b, i in enumerate(IDS):   # image b alone, under --class of its own class
         alone, *_ = inpainter(lab, '--cfg-scale', '2', '--class', TRUE[i])
         assert torch.equal(both.tokens[b], alone(imgs[b:b + 1], masks[b:b + 1], ids[b:b + 1]).tokens[0]), i
@@ -524,9 +617,9 @@ def test_labels_flag_writes_the_pngs_of_class_runs_and_reads_the_val_keys(lab, t
     assert val() == 'test' and val('--test-maskedimage-path', 'data/x/val_masked_image/') == 'val'
     assert val('--test-maskedimage-path', 'data/x/val_masked_image', '--labels-split', 'test') == 'test'
     data = PairedTestDataset(lab / 'img', lab / 'mask')
-    model, _ = inpainting.load_maskgit(inpainting.parse_args(['--MaskGitConfig', str(lab / 'mg.yml'),
+    model, _ = pipeline.load_maskgit(inpainting.parse_args(['--MaskGitConfig', str(lab / 'mg.yml'),
                                        '--load-transformer-ckpt-path', str(lab / 'tr.pt')]), torch.device('cpu'))
-    label = inpainting.image_labels(model, labels_file(tmp_path / 'v.json', {}, **{'val/image_00003.png': None}),
+    label = pipeline.image_labels(model, labels_file(tmp_path / 'v.json', {}, **{'val/image_00003.png': None}),
                                     'val', data, 'mg.yml')
     assert label(torch.tensor(IDS)).tolist() == [len(CLASS_NAMES), 0]   # val/ keys by number; null: the null class
 
@@ -547,3 +640,14 @@ def test_bad_inpainting_labels_are_one_line_errors_before_any_output(lab, plain_
         with pytest.raises(SystemExit) as e:
             cli(lab, out, *flags)
         assert e.value.code == 2 and error in capsys.readouterr().err and not out.exists()
+
+
+def test_labels_split_is_guessed_from_the_folders_split_prefix(tmp_path):
+    labels = str(tmp_path / 'labels.json')
+    for folder, split in [('data/x/holdout_masked_image', 'holdout'), ('data/x/val_masked_image', 'val'),
+                          ('data/x/masked_image', 'test'), ('data/x/other_masked_image', 'test')]:
+        args = inpainting.parse_args(['--labels', labels, '--test-maskedimage-path', folder])
+        assert args.labels_split == split, folder
+    assert 'holdout' in inpainting.LABEL_SPLITS
+    args = inpainting.parse_args(['--labels', labels, '--labels-split', 'holdout'])
+    assert args.labels_split == 'holdout'

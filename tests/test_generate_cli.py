@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 import generate
+import pipeline
 from conftest import IMG
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -66,14 +67,14 @@ def test_streamed_batches_write_the_images_of_one_batch_run(lab, tmp_path):
 
 
 def test_an_interrupted_run_keeps_every_finished_batch(lab, tmp_path, monkeypatch):
-    real, calls = generate.generate, []
+    real, calls = pipeline.generate, []
 
     def interrupted(*a, **kw):  # the third batch never finishes
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
         return real(*a, **kw)
-    monkeypatch.setattr(generate, 'generate', interrupted)
+    monkeypatch.setattr(pipeline, 'generate', interrupted)
     with pytest.raises(KeyboardInterrupt):
         gen(lab, tmp_path / 'o', '--class', 'cat', '--n', '6', '--batch-size', '2')
     assert sorted(p.name for p in (tmp_path / 'o' / 'cat').iterdir()) == [f'image_{i:03d}.png' for i in range(4)]

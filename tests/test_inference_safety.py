@@ -6,8 +6,10 @@ import torch
 from PIL import Image
 
 import inpainting
+import pipeline
 from conftest import IMG, INPAINT_VQ, ROOT
-from dataset import load_rgb, load_user_pair, read_gt_csv, write_gt_csv
+from dataset import load_rgb, read_gt_csv, write_gt_csv
+from fullsize import read_image, read_mask
 from models.token_cache import tokenizer_sha256
 from models.vqgan import VQGAN
 from utils import atomic_save, load_checkpoint, load_config
@@ -113,17 +115,20 @@ def test_a_phone_jpeg_is_read_as_displayed(tmp_path):
 
 
 def test_a_mask_drawn_on_the_displayed_photo_covers_what_it_was_drawn_on(tmp_path):
-    photo = sideways(quadrant_photo(IMG, IMG), tmp_path / 'phone.jpg', quality=95)
-    m = np.full((IMG, IMG), 255, np.uint8)
-    m[:IMG // 2, :IMG // 2] = 0                                                  # the red quadrant, as seen
+    S = 32                                                                      # fullsize's smallest side
+    photo = sideways(quadrant_photo(S, S), tmp_path / 'phone.jpg', quality=95)
+    m = np.full((S, S), 255, np.uint8)
+    m[:S // 2, :S // 2] = 0                                                  # the red quadrant, as seen
     Image.fromarray(m, 'L').save(tmp_path / 'mask.png')
     sideways(Image.fromarray(m, 'L'), tmp_path / 'mask_exif.png')                # a mask saved sideways too
+    pic = read_image(photo)
+    image = np.asarray(pic.image.convert('RGB')).astype(float) / 255                 # [H, W, 3] upright
     for mask in ('mask.png', 'mask_exif.png'):
-        image, keep, note = load_user_pair(photo, str(tmp_path / mask), IMG)
-        assert note is None and torch.equal(keep[0], torch.from_numpy(m >= 128).float()), mask
-        red = image[0] > 0.8                                                     # [H, W]
-        assert red[1:7, 1:7].all() and not red[9:, :].any() and not red[:, 9:].any()
-        assert image[0][keep[0] == 0].mean() > 0.9                               # the hole is on the red
+        hole, note = read_mask(str(tmp_path / mask), pic.size, convention='black')
+        assert note is None and np.array_equal(hole, m < 128), mask
+        red = image[..., 0] > 0.8                                                   # [H, W]
+        assert red[2:14, 2:14].all() and not red[18:, :].any() and not red[:, 18:].any()
+        assert image[..., 0][hole].mean() > 0.9                                     # the hole is on the red
 
 
 
@@ -138,8 +143,8 @@ def test_inpainting_flags_that_would_do_nothing_are_refused(lab, cond_lab, tmp_p
     Image.new('RGB', (IMG, IMG)).save(photo)
     for flags, error in [(['--gt-path', str(tmp_path)], '--gt-path is the last column of --gallery'),
                          (['--cfg-schedule', 'linear', '--class', 'dog'], '--cfg-schedule linear shapes the guidance'),
-                         (['--image', str(photo), '--outpaint', 'left', '--partial', '.5'], '--partial is for'),
-                         (['--image', str(photo), '--outpaint', 'left', '--overwrite'], '--overwrite is for the test')]:
+                         (['--image', str(photo), '--outpaint', 'left=8', '--partial', '.5'], '--partial is for'),
+                         (['--save-steps'], '--save-steps is for --image')]:
         with pytest.raises(SystemExit) as e:
             cli(cond_lab, tmp_path / 'p', *flags)
         assert e.value.code == 2 and error in capsys.readouterr().err and not (tmp_path / 'p').exists(), flags
@@ -222,7 +227,7 @@ def test_shipped_transformers_record_their_configs_tokenizer_and_load(config, mo
     sd = load_checkpoint(cfg['checkpoint']['path'])
     assert sd['tokenizer_sha256'] == tokenizer_sha256(cfg['model_param']['VQ_Configs']['VQ_CKPT_path'])
     args = inpainting.parse_args(['--MaskGitConfig', f'configs/{config}'])
-    model, _ = inpainting.load_maskgit(args, torch.device('cpu'))
+    model, _ = pipeline.load_maskgit(args, torch.device('cpu'))
     assert all(torch.equal(v.float(), sd[k].float()) for k, v in model.transformer.state_dict().items()
                if torch.is_tensor(v))
 
@@ -235,46 +240,3 @@ def test_a_shipped_transformer_with_the_other_shipped_vqgan_is_refused(monkeypat
     err = one_line_error(capsys, rc)
     assert ('transformer checkpoint checkpoints/transformer_small.pt was trained on the tokens of another VQGAN '
             'than checkpoints/vqgan_fashion.pt') in err and not (tmp_path / 'o').exists()
-
-
-# ----------------------------------------------------------------------------- own images (issue 34)
-
-@pytest.fixture(scope='module')
-def photo(tmp_path_factory):
-    d = tmp_path_factory.mktemp('own')
-    a = np.random.default_rng(3).integers(0, 256, (IMG, IMG, 3), dtype=np.uint8)
-    a[a == 128] = 127                                          # grey 128 only where a hole is filled
-    Image.fromarray(a).save(d / 'photo.png')
-    return d / 'photo.png'
-
-
-def own_run(lab, out, photo, *flags):
-    """--image photo: (the steps strip's input tile, the result) as int arrays."""
-    assert cli(lab, out, '--image', str(photo), *flags) == 0
-    assert names(out) == ['photo_result.png', 'photo_steps.png']
-    strip = np.asarray(Image.open(out / 'photo_steps.png')).astype(int)
-    return strip[2:2 + IMG, 2:2 + IMG], np.asarray(Image.open(out / 'photo_result.png')).astype(int)
-
-
-def test_own_image_outpaint_without_a_mask_regenerates_all_but_the_kept_side(lab, photo, tmp_path):
-    shown, result = own_run(lab, tmp_path / 'o', photo, '--outpaint', 'left', '--paste-known')
-    given = np.asarray(Image.open(photo)).astype(int)
-    keep = np.zeros((IMG, IMG), bool)
-    keep[:, :IMG // 2] = True                                  # left: the left half of the token grid
-    assert ((shown == 128).all(-1) == ~keep).all()            # the model is shown grey where it regenerates
-    assert np.abs(shown[keep] - given[keep]).max() <= 1
-    assert np.abs(result[keep] - given[keep]).max() <= 1      # --paste-known: the kept side is the input's
-    assert not (result[~keep] == 128).all()                   # the other side generated
-
-
-def test_invert_mask_with_a_real_hole_is_the_inverted_masks_run(lab, photo, tmp_path):
-    m = np.full((IMG, IMG), 255, np.uint8)
-    m[4:12, 4:12] = 0                                          # with --invert-mask: the only part kept
-    Image.fromarray(m, 'L').save(tmp_path / 'mask.png')
-    Image.fromarray(255 - m, 'L').save(tmp_path / 'inverse.png')
-    shown, result = own_run(lab, tmp_path / 'inv', photo, '--mask', str(tmp_path / 'mask.png'), '--invert-mask')
-    assert ((shown == 128).all(-1) == (m == 255)).all()       # holes where the mask is 255
-    given = np.asarray(Image.open(photo)).astype(int)
-    assert np.abs(shown[m == 0] - given[m == 0]).max() <= 1
-    _, same = own_run(lab, tmp_path / 'plain', photo, '--mask', str(tmp_path / 'inverse.png'))
-    assert np.array_equal(result, same)

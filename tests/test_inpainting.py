@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import inpainting
+import pipeline
 from conftest import IMG, LAT, ROOT, inpaint_maskgit_param
 from dataset import PairedTestDataset, data_stats, denormalize, normalize
 from models.baselines import have_opencv
@@ -207,9 +208,9 @@ def test_every_setting_is_a_flag_unset_by_default():
 
 
 def test_cli_default_is_argmax_with_the_configs_schedule_and_choice_temperature():
-    mp = load_config(ROOT / inpainting.DEFAULT_CONFIG)['model_param']
-    default = inpainting.decoding_settings(inpainting.parse_args([]), mp)
-    assert default == inpainting.decoding_settings(inpainting.parse_args(['--temperature', '0']), mp)
+    mp = load_config(ROOT / pipeline.DEFAULT_CONFIG)['model_param']
+    default = pipeline.decoding_settings(inpainting.parse_args([]), mp)
+    assert default == pipeline.decoding_settings(inpainting.parse_args(['--temperature', '0']), mp)
     assert default == DecodeSettings(temperature=0.0, mask_func=mp['gamma_type'],
                                      choice_temperature=mp['choice_temperature'], refine=mp['refine'])
 
@@ -573,12 +574,12 @@ def lab_batch(lab, **given):
     """(Inpainter on the lab's models with DecodeSettings given over its config, images, masks, ids)."""
     args = inpainting.parse_args(['--device', 'cpu', '--MaskGitConfig', str(lab / 'mg.yml'),
                                   '--load-transformer-ckpt-path', str(lab / 'tr.pt')])
-    model, cfg = inpainting.load_maskgit(args, torch.device('cpu'))
+    model, cfg = pipeline.load_maskgit(args, torch.device('cpu'))
     mean, std = data_stats(cfg, 'test')
     data = PairedTestDataset(lab / 'img', lab / 'mask', 1.0, mean, std)
     imgs, masks, ids = (torch.stack(x) if torch.is_tensor(x[0]) else torch.tensor(x) for x in zip(*data))
     settings = DecodeSettings.from_config(cfg['model_param'], **given)
-    return inpainting.Inpainter(model, settings, mean, std), imgs, masks, ids
+    return pipeline.Inpainter(model, settings, mean, std), imgs, masks, ids
 
 
 def plain_decode(inp, imgs, masks, ids, tokens=None, seed=None):

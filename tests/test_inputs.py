@@ -15,6 +15,7 @@ import yaml
 from PIL import Image
 
 import inpainting
+import pipeline
 import training_vqgan
 import utils
 from conftest import IMG, INPAINT_VQ
@@ -175,8 +176,8 @@ def test_negative_partial_is_refused_by_the_dataset_too(lab):
 def test_unwritable_output_dir_is_found_up_front(lab, tmp_path, capsys, monkeypatch):
     (tmp_path / 'a_file').write_text('x')
     loaded = []
-    real = inpainting.load_maskgit
-    monkeypatch.setattr(inpainting, 'load_maskgit', lambda *a: loaded.append(1) or real(*a))
+    real = pipeline.load_maskgit
+    monkeypatch.setattr(pipeline, 'load_maskgit', lambda *a: loaded.append(1) or real(*a))
     err = one_line_error(capsys, cli(lab, tmp_path / 'a_file' / 'out'))
     assert '--output-dir' in err and 'a_file' in err and not loaded  # before the model is even loaded
     err = one_line_error(capsys, cli(lab, tmp_path / 'a_file'))
@@ -299,8 +300,8 @@ def test_tokenizer_alone_loads_without_a_transformer_checkpoint(lab):
     load_maskgit(transformer=False) reads no transformer checkpoint; the default still demands one."""
     args = inpainting.parse_args(['--MaskGitConfig', str(lab / 'mg.yml'), '--device', 'cpu'])  # no checkpoint: path
     with pytest.raises(ValueError, match='no transformer checkpoint'):
-        inpainting.load_maskgit(args, torch.device('cpu'))
-    model, _ = inpainting.load_maskgit(args, torch.device('cpu'), transformer=False)
+        pipeline.load_maskgit(args, torch.device('cpu'))
+    model, _ = pipeline.load_maskgit(args, torch.device('cpu'), transformer=False)
     ref = VQGAN(INPAINT_VQ)
     ref.load_state_dict(torch.load(lab / 'vq.pt', weights_only=True))
     x = torch.randn(2, 3, 16, 16)

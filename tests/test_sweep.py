@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-import inpainting
+import pipeline
 from benchmarks import sweep_schedules as sw
 from dataset import PairedTestDataset, data_stats, tensor01_to_pil
 from models.decoding import DecodeSettings, decode, image_seeds
@@ -112,8 +112,8 @@ def test_sweep_cells_are_separate_sweet_spot_decodes_from_one_decode_each(lab, t
     data, out = tmp_path / 'data', tmp_path / 'out'
     write_split(data, 'val', n=5)
     passes = []
-    real = inpainting.Inpainter.logits
-    monkeypatch.setattr(inpainting.Inpainter, 'logits', lambda self, *a: passes.append(1) or real(self, *a))
+    real = pipeline.Inpainter.logits
+    monkeypatch.setattr(pipeline.Inpainter, 'logits', lambda self, *a: passes.append(1) or real(self, *a))
     assert sweep(lab, data, out, '--schedules', 'cosine,square', '--total-iter', '2,3', '--limit-images', '4',
                  '--batch-size', '3', '--temperature', '1') == 0  # sampled: a sweet spot's argmax fill differs
     assert len(passes) == 2 * (2 + 3) * 2  # schedules x (T passes of one decode) x batches: no pass per cell
@@ -128,7 +128,7 @@ def test_sweep_cells_are_separate_sweet_spot_decodes_from_one_decode_each(lab, t
     with Image.open(out / 'sweet_spot.png') as im:
         assert im.size == (640, 400)
     # each cell, image for image, is inpainting.py's decode with --sweet-spot s (refine 0, paste-known)
-    model, cfg = inpainting.load_maskgit(sw.parse_args(['--MaskGitConfig', str(lab / 'mg.yml'),
+    model, cfg = pipeline.load_maskgit(sw.parse_args(['--MaskGitConfig', str(lab / 'mg.yml'),
                                                         '--load-transformer-ckpt-path', str(lab / 'tr.pt')]), 'cpu')
     mean, std = data_stats(cfg, 'test')
     ds = PairedTestDataset(data / 'val_masked_image', data / 'val_mask64', 1.0, mean, std)
@@ -140,7 +140,7 @@ def test_sweep_cells_are_separate_sweet_spot_decodes_from_one_decode_each(lab, t
             for s in range(1, t + 1):
                 st = DecodeSettings.from_config(cfg['model_param'], total_iter=t, mask_func=m, sweet_spot=s, refine=0,
                                                 temperature=1.0)
-                inp = inpainting.Inpainter(model, st, mean, std, paste_known=True)
+                inp = pipeline.Inpainter(model, st, mean, std, paste_known=True)
                 want = np.stack([np.asarray(tensor01_to_pil(x)) for x in inp.final(imgs, masks, inp(imgs, masks, ids))])
                 got = cell_pngs(out, m, t, s)
                 assert np.array_equal(got, want), (m, t, s)

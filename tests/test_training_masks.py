@@ -13,8 +13,7 @@ import training_transformer as tt
 from conftest import ROOT, TINY_VQ, K, N, run_args, tiny_mp
 from dataset import MASK_FILL
 from models.maskgit import MaskGit
-from models.masks import (fill_holes, hole_fraction, latent_mask, make_mask, mask_rng, normalised_fill, pixel_mask_bank,
-                          token_mask_bank)
+from models.masks import fill_holes, hole_fraction, latent_mask, make_mask, mask_rng, normalised_fill, pixel_mask_bank
 from models.vqgan import VQGAN
 from utils import load_checkpoint, load_config, sha256_file
 
@@ -30,11 +29,10 @@ def test_training_holes_have_the_test_masks_fractions_and_token_rule():
     fracs = 1 - pixels.mean((1, 2, 3))
     assert pixels.shape == (40, 1, 64, 64) and set(pixels.unique().tolist()) == {0.0, 1.0}
     assert (fracs >= 0.1 - 1e-9).all() and (fracs <= 0.5 + 1e-9).all()
-    tokens = token_mask_bank(40, 64, 4, seed=0)                                 # [40, 256], True = unknown
-    assert torch.equal(tokens, latent_mask(pixels, 4).flatten(1))
+    tokens = latent_mask(pixels, 4).flatten(1)                                  # [40, 256], True = unknown
     # a token is unknown iff any of its 16 pixels is a hole: never fewer unknown tokens than hole area
     assert (tokens.float().mean(1) >= fracs - 1e-9).all()
-    assert torch.equal(tokens, token_mask_bank(40, 64, 4, seed=0)) and not torch.equal(tokens, token_mask_bank(40, 64, 4, seed=1))
+    assert torch.equal(pixels, pixel_mask_bank(40, 64, seed=0)) and not torch.equal(pixels, pixel_mask_bank(40, 64, seed=1))
 
 
 def test_mask_streams_are_deterministic_and_disjoint():
