@@ -147,3 +147,13 @@ def make_inpainting_lab(tmp_path_factory):
             Image.fromarray(hole_mask(i), 'L').save(tmp / 'mask' / f'mask_{i:03d}.png')
         return tmp
     return make
+
+
+def random_problem(K, N, counts, seed=0):
+    """tokens [B, N] of K codes and unknown [B, N] with counts[b] unknown tokens in row b (decoding tests)."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, K, (len(counts), N), generator=g)
+    unknown = torch.zeros(len(counts), N, dtype=torch.bool)
+    for b, c in enumerate(counts):
+        unknown[b, torch.randperm(N, generator=g)[:c]] = True
+    return tokens, unknown

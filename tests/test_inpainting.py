@@ -11,7 +11,7 @@ from PIL import Image
 
 import inpainting
 import pipeline
-from conftest import IMG, LAT, ROOT, inpaint_maskgit_param
+from conftest import IMG, LAT, ROOT, inpaint_maskgit_param, random_problem
 from dataset import PairedTestDataset, data_stats, denormalize, normalize
 from models.baselines import have_opencv
 from models.decoding import (_GUMBEL, _SAMPLE, SCHEDULES, DecodeSettings, _hash32, _sample, decode, gamma_func,
@@ -57,14 +57,6 @@ def row_model(mask_logit=0.0, dtype=torch.float32):
     return fn
 
 
-def random_problem(counts, seed=0):
-    """tokens [B, N] and unknown [B, N] with the given numbers of unknown tokens per row."""
-    g = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, K, (len(counts), N), generator=g)
-    unknown = torch.zeros(len(counts), N, dtype=torch.bool)
-    for b, c in enumerate(counts):
-        unknown[b, torch.randperm(N, generator=g)[:c]] = True
-    return tokens, unknown
 
 
 def run(fn, tokens, unknown, seeds=None, **kw):
@@ -225,7 +217,7 @@ def test_settings_schedule_is_the_named_gammas():
 # ----------------------------------------------------------------------------- decoding
 
 def test_known_tokens_never_change_and_reveals_are_final(transformer):
-    tokens, unknown = random_problem([40, 17, 64, 3])
+    tokens, unknown = random_problem(K, N, [40, 17, 64, 3])
     out = run(transformer, tokens, unknown, total_iter=6)
     assert torch.equal(out.tokens[~unknown], tokens[~unknown])
     for s in range(out.steps.shape[0]):
@@ -240,7 +232,7 @@ def test_known_tokens_never_change_and_reveals_are_final(transformer):
 
 def test_masked_count_after_each_step_follows_schedule(transformer):
     counts = [64, 40, 14, 0]  # at least 2T = 14 (see test_small_holes_follow_official_rule)
-    tokens, unknown = random_problem(counts)
+    tokens, unknown = random_problem(K, N, counts)
     for mode in ('cosine', 'linear', 'square', 'arccos', 'root'):
         g = gamma_func(mode)
         out = run(transformer, tokens, unknown, total_iter=7, mask_func=mode)
@@ -318,7 +310,7 @@ def test_batched_equals_single_image_runs(transformer):
     # float64 weights: an fp32 forward pass may round differently for another batch size, which could flip
     # a near-tie; float64 differences vanish in decode's cast of the logits to fp32
     transformer = copy.deepcopy(transformer).double()
-    tokens, unknown = random_problem([64, 31, 10, 1, 0], seed=3)
+    tokens, unknown = random_problem(K, N, [64, 31, 10, 1, 0], seed=3)
     seeds = image_seeds(5, [4, 9, 1, 7, 2])
     for kw in (dict(), dict(temperature=0.0), dict(sweet_spot=3, temperature=2.0)):
         full = run(transformer, tokens, unknown, seeds, total_iter=6, **kw)
@@ -331,7 +323,7 @@ def test_batched_equals_single_image_runs(transformer):
 
 def test_per_row_schedules_equal_separate_runs():
     fn = row_model(dtype=torch.float64)  # batches of 3, 1 and 2 compared
-    tokens, unknown = random_problem([50, 50, 20])
+    tokens, unknown = random_problem(K, N, [50, 50, 20])
     seeds = image_seeds(0, [0, 1, 2])
     lin, cos = gamma_func('linear'), COSINE
     counts = unknown.sum(1)
@@ -347,7 +339,7 @@ def test_per_row_schedules_equal_separate_runs():
 
 def test_sweet_spot_semantics():
     fn = row_model()
-    tokens, unknown = random_problem([64, 30, 5])
+    tokens, unknown = random_problem(K, N, [64, 30, 5])
     T = 6
     full = run(fn, tokens, unknown, total_iter=T)
     assert full.masks.shape[0] == T + 1
@@ -368,14 +360,14 @@ def test_sweet_spot_semantics():
 
 def test_mask_id_never_decoded():
     fn = row_model(mask_logit=1e4)   # the mask class would win every draw if it were not dropped
-    tokens, unknown = random_problem([64, 20])
+    tokens, unknown = random_problem(K, N, [64, 20])
     for kw in (dict(), dict(temperature=0.0), dict(temperature=5.0), dict(sweet_spot=2)):
         out = run(fn, tokens, unknown, total_iter=5, **kw)
         assert (out.tokens < K).all() and (out.preds < K).all()
 
 
 def test_deterministic_under_seed_and_seed_matters(transformer):
-    tokens, unknown = random_problem([64, 50])
+    tokens, unknown = random_problem(K, N, [64, 50])
     a = run(transformer, tokens, unknown, image_seeds(1, [0, 1]), total_iter=5)
     b = run(transformer, tokens, unknown, image_seeds(1, [0, 1]), total_iter=5)
     c = run(transformer, tokens, unknown, image_seeds(2, [0, 1]), total_iter=5)
@@ -385,7 +377,7 @@ def test_deterministic_under_seed_and_seed_matters(transformer):
 
 def test_greedy_reveals_the_most_confident():
     fn = row_model()
-    tokens, unknown = random_problem([64, 33])
+    tokens, unknown = random_problem(K, N, [64, 33])
     out = run(fn, tokens, unknown, total_iter=4, temperature=0.0, choice_temperature=0.0)
     conf = fn(out.steps[0])[..., :K].log_softmax(-1).max(-1).values    # [B, N]
     for b in range(2):
@@ -404,14 +396,14 @@ def test_generation_mode_fills_everything(transformer):
 
 
 def test_wrong_logits_shape_is_an_error():
-    tokens, unknown = random_problem([10])
+    tokens, unknown = random_problem(K, N, [10])
     s = DecodeSettings()
     with pytest.raises(ValueError, match="expected"):
         decode(lambda t: torch.zeros(*t.shape, K), tokens, unknown, [0], K, s.schedule(unknown.sum(1)), s)
 
 
 def test_schedule_of_another_batch_is_an_error():
-    tokens, unknown = random_problem([10, 20])
+    tokens, unknown = random_problem(K, N, [10, 20])
     s = DecodeSettings()
     with pytest.raises(ValueError, match=r"schedule has shape \(8, 1\); expected \[T, 2\]"):
         decode(row_model(), tokens, unknown, [0, 1], K, s.schedule(unknown[:1].sum(1)), s)

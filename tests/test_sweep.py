@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import pipeline
+from conftest import random_problem
 from benchmarks import sweep_schedules as sw
 from dataset import PairedTestDataset, data_stats, tensor01_to_pil
 from models.decoding import DecodeSettings, decode, image_seeds
@@ -33,14 +34,6 @@ def transformer():
     return m
 
 
-def problem(counts, seed=0):
-    """tokens [B, N] and unknown [B, N] with counts[b] unknown tokens in row b."""
-    g = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, K, (len(counts), N), generator=g)
-    unknown = torch.zeros(len(counts), N, dtype=torch.bool)
-    for b, c in enumerate(counts):
-        unknown[b, torch.randperm(N, generator=g)[:c]] = True
-    return tokens, unknown
 
 
 @pytest.mark.parametrize('mask_func, T, kw', [
@@ -50,7 +43,7 @@ def problem(counts, seed=0):
     ('cosine', 4, dict(cfg_scale=2.0, cfg_schedule='linear')),   # the fill pass's guidance weight is step s+1's
 ])
 def test_completed_states_are_every_sweet_spot(transformer, mask_func, T, kw):
-    tokens, unknown = problem([16, 9, 3, 0])  # a row with nothing to fill, one with fewer tokens than steps
+    tokens, unknown = random_problem(K, N, [16, 9, 3, 0])  # a row with nothing to fill, one with fewer tokens than steps
     seeds = image_seeds(3, [5, 1, 7, 2])
     cond = (torch.tensor([0, 2, 1, 3]), CLASSES) if 'cfg_scale' in kw else ()
     fn = (lambda t, labels: transformer(t, labels)) if cond else transformer
@@ -69,7 +62,7 @@ def test_completed_states_are_every_sweet_spot(transformer, mask_func, T, kw):
 
 
 def test_completed_needs_all_steps(transformer):
-    tokens, unknown = problem([10])
+    tokens, unknown = random_problem(K, N, [10])
     s = DecodeSettings(total_iter=4, sweet_spot=2)
     with pytest.raises(ValueError, match='completed'):
         decode(transformer, tokens, unknown, image_seeds(0, [0]), K, s.schedule(unknown.sum(1)), s, completed=True)
@@ -78,7 +71,7 @@ def test_completed_needs_all_steps(transformer):
 def test_total_iter_is_bounded_by_the_token_count(transformer):
     """Steps past the token count cannot unmask anything: refused in one line naming --total-iter and the bound,
     by decode (the tokens' count) and by from_config (the model's num_image_tokens, before any decoding)."""
-    tokens, unknown = problem([16])
+    tokens, unknown = random_problem(K, N, [16])
     s = DecodeSettings(total_iter=N + 1)
     with pytest.raises(ValueError, match=rf'^--total-iter must be at most {N} .*got {N + 1}$'):
         decode(transformer, tokens, unknown, image_seeds(0, [0]), K, s.schedule(unknown.sum(1)), s)
