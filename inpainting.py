@@ -277,7 +277,11 @@ def save_gallery(shown, steps, final, masks, ids, gt_root, path, n):
         if gt_root:
             row.append(pil_to_tensor01(load_rgb(gt_file(gt_root, i)))[None].to(final.device))
         rows.append(torch.cat(row))
-    save_grid(torch.cat(rows), path, nrow=rows[0].shape[0])
+    S = steps.shape[0]
+    cols = ['masked input'] + [f'step {k + 1}' for k in range(S - 1)] + ['last step', 'result'] + \
+        (['OpenCV Telea'] if telea is not None else []) + (['ground truth'] if gt_root else [])
+    save_grid(torch.cat(rows), path, nrow=rows[0].shape[0], col_labels=cols,
+              row_labels=[f'#{i}' for i in ids[:n].tolist()])
 
 
 def save_schedules(inp, imgs, masks, ids, out, final, path):
@@ -292,7 +296,9 @@ def save_schedules(inp, imgs, masks, ids, out, final, path):
     rows[inp.settings.mask_func] = (out.masks[:, 0], final[:n])              # masks [S+1, N] of the first image
     tiles = [torch.cat([mask_tiles(rows[mode][0], vq.latent_resolution, vq.img_resolution), rows[mode][1]])
              for mode in SCHEDULES]
-    save_grid(torch.cat(tiles), path, nrow=tiles[0].shape[0])
+    S = rows[SCHEDULES[0]][0].shape[0]
+    cols = ['masks: input'] + [f'after step {k}' for k in range(1, S)] + [f'result #{i}' for i in ids[:n].tolist()]
+    save_grid(torch.cat(tiles), path, nrow=tiles[0].shape[0], col_labels=cols, row_labels=list(SCHEDULES))
     return [f"{mode}: {rows[mode][0].sum(1).tolist()}" for mode in SCHEDULES]
 
 

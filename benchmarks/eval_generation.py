@@ -174,7 +174,7 @@ def run(a):
         images = torch.stack([*ImageFiles(files)])                                    # [C*n, 3, H, W] uint8, as saved
         grid = images.view(C, n, *images.shape[1:])[:, :GRID_IMAGES].flatten(0, 1)    # [C*k, 3, H, W]
         save_grid(grid.float() / 255, os.path.join(a.output_dir, f'grid_{os.path.basename(folder)}.png'),
-                  nrow=min(n, GRID_IMAGES))
+                  nrow=min(n, GRID_IMAGES), row_labels=list(names))
         fid = compute_fid(folder, stats if os.path.isfile(stats) else train_dir, device=device,
                           save_stats_path=None if os.path.isfile(stats) else stats)
         pred = predict(clf, images)                                                   # right: pred == its class

@@ -175,7 +175,8 @@ def main(argv=None):
     if first is not None:  # rows: masked input | each run of this call | ground truth
         cols = [first[0]] + list(shown_rows.values()) + [first[1]]
         grid = torch.stack(cols, 1).flatten(0, 1)
-        save_grid(grid, os.path.join(out_dir, 'compare.png'), nrow=len(cols))
+        save_grid(grid, os.path.join(out_dir, 'compare.png'), nrow=len(cols), scale=2,
+                  col_labels=['masked input'] + list(shown_rows) + ['ground truth'])
         print(f"columns of {os.path.join(out_dir, 'compare.png')}: input | {' | '.join(shown_rows)} | ground truth")
 
 
