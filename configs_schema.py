@@ -100,6 +100,11 @@ VQGAN_MODEL = {
     'data.train_path': opt(STR),
     'data.val_path': opt(STR),
     'data.val_mask_path': opt(STR),
+    'data.train_mean': opt(Key('numbers', lo=0, hi=1, length=3, required=False)),
+    'data.train_std': opt(Key('numbers', lo=0, hi=1, lo_open=True, length=3, required=False)),
+    'data.test_mean': opt(Key('numbers', lo=0, hi=1, length=3, required=False)),
+    'data.test_std': opt(Key('numbers', lo=0, hi=1, lo_open=True, length=3, required=False)),
+    'data.inference_stats': opt(Key('str', choices=('test', 'train'), required=False)),
 }
 VQGAN_TRAIN = {  # training_vqgan.py: over its TRAIN_DEFAULTS, so every key is optional
     'train': opt(SECTION),

@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-from utils import atomic_open
+from utils import atomic_open, load_config
 
 # The course's normalisation statistics (train and test differ slightly in the course).
 TRAIN_MEAN = (0.4816, 0.4324, 0.3845)
@@ -23,10 +23,22 @@ IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp')
 
 
 def data_stats(cfg, split='train'):
-    """(mean, std) for `split` from a config's optional `data:` section, else the course's."""
+    """(mean, std) for `split` from a VQGAN config's optional `data:` section, else the course's."""
     data = (cfg or {}).get('data', {}) or {}
     default_mean, default_std = (TRAIN_MEAN, TRAIN_STD) if split == 'train' else (TEST_MEAN, TEST_STD)
     return tuple(data.get(f'{split}_mean', default_mean)), tuple(data.get(f'{split}_std', default_std))
+
+
+def inference_stats(vq_cfg):
+    """(mean, std) that decoding normalises with, from the tokenizer's config, the one home of the statistics:
+    its `data: inference_stats` names the split, 'test' (the course's template, the default) or 'train' (what the
+    tokenizer and transformer saw in training; RESULTS.md measures both)."""
+    return data_stats(vq_cfg, ((vq_cfg or {}).get('data') or {}).get('inference_stats', 'test'))
+
+
+def maskgit_stats(cfg):
+    """inference_stats of a MaskGit config's tokenizer (model_param: VQ_Configs: VQ_config_path)."""
+    return inference_stats(load_config(cfg['model_param']['VQ_Configs']['VQ_config_path']))
 
 
 # ----------------------------------------------------------------------------- images

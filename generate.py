@@ -26,7 +26,7 @@ from dataclasses import replace
 import torch
 from tqdm import tqdm
 
-from dataset import data_stats, tensor01_to_pil
+from dataset import maskgit_stats, tensor01_to_pil
 from pipeline import (Inpainter, add_decoding_args, add_model_args, class_folder, class_label, decoding_settings,
                       image_ids, run_cli, setup, unused_decoding_flag)
 from plots import save_grid
@@ -86,7 +86,7 @@ def run(args):
         print(f"note: --temperature 0 with --choice-temperature 0 draws no randomness: the {args.n} images of a "
               f"class are the same (--temperature 1 samples)", file=sys.stderr)
     for label in labels:
-        inp = Inpainter(model, settings, *data_stats(cfg, 'test'), amp=args.amp, label=label)
+        inp = Inpainter(model, settings, *maskgit_stats(cfg), amp=args.amp, label=label)
         name = class_folder(model, label)
         ids = image_ids(label, torch.arange(args.n))
         grid, strip = [], []

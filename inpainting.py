@@ -39,7 +39,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dataset import (MASK_FILL, PairedTestDataset, data_stats, denormalize, list_images, load_rgb, pil_to_tensor01,
+from dataset import (MASK_FILL, PairedTestDataset, denormalize, list_images, load_rgb, maskgit_stats, pil_to_tensor01,
                      tensor01_to_pil)
 from fullsize import CONVENTIONS, mask_from_alpha, outpaint_canvas, read_image, read_mask
 from models.baselines import have_opencv, opencv_fill
@@ -455,7 +455,7 @@ def run(args):
     if args.image:
         return own_pictures(args)
     device, model, cfg, settings = setup(args)
-    mean, std = data_stats(cfg, 'test')
+    mean, std = maskgit_stats(cfg)
     label = class_flags(args, model, settings)
     keep = region_keep(args, model.vqgan)
     data = PairedTestDataset(args.test_maskedimage_path, args.test_mask_path, args.partial, mean, std)

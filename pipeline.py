@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 import fullsize
-from dataset import data_stats, denormalize, files_by_number, normalize, read_labels, tensor01_to_pil
+from dataset import denormalize, files_by_number, maskgit_stats, normalize, read_labels, tensor01_to_pil
 from models.decoding import CFG_SCHEDULES, SCHEDULES, DecodeSettings, decode, generate, image_seeds
 from models.decoding import _CONFIG_KEYS as DECODING_CONFIG_KEYS
 from models.maskgit import MaskGit, transformer_state_dict
@@ -417,7 +417,7 @@ class Pipeline:
 
     def __init__(self, model, cfg, config, amp=False, batch_size=64):
         self.model, self.cfg, self.config, self.amp, self.batch_size = model, cfg, str(config), amp, batch_size
-        self.mean, self.std = data_stats(cfg, 'test')  # the statistics inpainting.py normalises with
+        self.mean, self.std = maskgit_stats(cfg)  # the statistics inpainting.py normalises with
         self.res = model.vqgan.img_resolution
         self.device = next(model.parameters()).device
 

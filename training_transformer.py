@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from dataset import ImageDataset, MaskDataset, class_names, data_stats, image_labels, list_images, read_labels
+from dataset import ImageDataset, MaskDataset, class_names, image_labels, inference_stats, list_images, read_labels
 from models.maskgit import MaskGit, masked_accuracy, mvtm_loss, transformer_state_dict
 from models.transformer import remap_codes
 from models.masks import latent_mask, pixel_mask_bank
@@ -439,7 +439,7 @@ def load_data(args, s, vq, proc, classes=None):
         context, hole_ids = load_context_tokens(args.train_d_path, vq_meta, s['cache_dir'], get_vqgan, bank,
                                                 s['context_variants'], args.seed, args.partial, log=proc.log)
         ctx = (context, latent_mask(bank, factor).flatten(1)[hole_ids])                        # [S, V, N] each
-    val_holes = load_val_holes(args, factor, len(tokens['val']), data_stats(vq.cfg, 'test'), get_vqgan)
+    val_holes = load_val_holes(args, factor, len(tokens['val']), inference_stats(vq.cfg), get_vqgan)
     get_vqgan.cache_clear()  # training never needs the VQGAN again
     return Data(tokens['train'], tokens['val'], ctx, val_holes, classes, vq_meta['tokenizer_sha256'])
 

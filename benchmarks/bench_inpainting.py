@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run as a script: the repo root
 from benchmarks.flops import peak_tflops  # noqa: E402
-from dataset import PairedTestDataset, data_stats  # noqa: E402
+from dataset import PairedTestDataset, maskgit_stats  # noqa: E402
 from models.decoding import (_GUMBEL, _SAMPLE, DecodeSettings, decode, gamma_func, image_seeds, uniforms)  # noqa: E402
 from models.maskgit import MaskGit  # noqa: E402
 from models.transformer import BidirectionalTransformer  # noqa: E402
@@ -189,7 +189,7 @@ def cli_vs_core(args):
         cli = argparse.Namespace(MaskGitConfig=args.config, vqgan_ckpt=vq, load_transformer_ckpt_path=tr)
         device = resolve_device(args.device)
         model, cfg = load_maskgit(cli, device)
-        mean, std = data_stats(cfg, 'test')
+        mean, std = maskgit_stats(cfg)
         settings = decoding_settings(args, cfg['model_param'])
         inp = Inpainter(model, settings, mean, std, amp=args.amp)
         batches = [(imgs.to(device), masks.to(device), ids) for imgs, masks, ids in

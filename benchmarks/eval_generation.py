@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script: the repo root
-from dataset import class_names, data_stats, list_images, read_labels, tensor01_to_pil  # noqa: E402
+from dataset import class_names, data_stats, list_images, maskgit_stats, read_labels, tensor01_to_pil  # noqa: E402
 from fid import compute_fid  # noqa: E402
 from fid.score import ImageFiles  # noqa: E402
 from models.classifier import (EPOCHS, labelled_images, load_classifier, per_class_accuracy, predict,  # noqa: E402
@@ -169,7 +169,7 @@ def run(a):
     for w, folder in planned.items():
         settings = replace(base, cfg_scale=w)
         t0 = time.time()
-        files, classes = generate_setting(model, settings, *data_stats(cfg, 'test'), n, a.batch_size, folder, a.amp)
+        files, classes = generate_setting(model, settings, *maskgit_stats(cfg), n, a.batch_size, folder, a.amp)
         seconds = time.time() - t0
         images = torch.stack([*ImageFiles(files)])                                    # [C*n, 3, H, W] uint8, as saved
         grid = images.view(C, n, *images.shape[1:])[:, :GRID_IMAGES].flatten(0, 1)    # [C*k, 3, H, W]

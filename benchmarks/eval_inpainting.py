@@ -30,7 +30,7 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script: the repo root
 import pipeline  # noqa: E402
 from benchmarks.common import SPLITS, fid_of, gt_stats, hole_errors, load_images, split_data  # noqa: E402
-from dataset import data_stats, denormalize, normalize, tensor01_to_pil  # noqa: E402
+from dataset import denormalize, maskgit_stats, normalize, tensor01_to_pil  # noqa: E402
 from models.baselines import have_opencv, mean_fill, opencv_fill  # noqa: E402
 from plots import save_grid  # noqa: E402
 from utils import atomic_open, atomic_save_image, resolve_device  # noqa: E402
@@ -111,7 +111,7 @@ def main(argv=None):
             settings[name] = pipeline.decoding_settings(ns, cfg['model_param'])
         except ValueError as e:
             raise SystemExit(f"error: --runs {name}: {e}")
-    mean, std = data_stats(cfg, 'test')
+    mean, std = maskgit_stats(cfg)
     try:
         data, gt_files = split_data(a.data, a.split, mean, std, a.partial)
     except (OSError, ValueError) as e:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script: the repo root
 from benchmarks.common import SPLITS, fid_of, gt_stats, hole_errors, load_images, split_data  # noqa: E402
-from dataset import data_stats, tensor01_to_pil  # noqa: E402
+from dataset import maskgit_stats, tensor01_to_pil  # noqa: E402
 from models.decoding import SCHEDULES, DecodeSettings  # noqa: E402
 from pipeline import Inpainter, add_model_args, check_inputs, load_maskgit, run_cli  # noqa: E402
 from plots import plot_curves  # noqa: E402
@@ -137,7 +137,7 @@ def run(a):
     model, cfg = load_maskgit(a, device)
     mp = cfg['model_param']
     settings = {(m, t): cell_settings(a, m, t, mp) for m in a.schedules for t in a.total_iter}  # the model's bound
-    mean, std = data_stats(cfg, 'test')
+    mean, std = maskgit_stats(cfg)
     data, gt_files = split_data(a.data, a.split, mean, std, limit=a.limit_images)
     check_inputs(data, model.vqgan.img_resolution)
     names = [os.path.basename(f) for f in data.images]

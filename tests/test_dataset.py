@@ -9,12 +9,14 @@ import threading
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 import neardup
 import prepare_dataset as pd
 from dataset import (MASK_FILL, TEST_MEAN, TEST_STD, TRAIN_MEAN, TRAIN_STD, ImageDataset, MaskDataset,
-                     PairedTestDataset, data_stats, read_gt_csv, write_gt_csv)
+                     PairedTestDataset, data_stats, inference_stats, maskgit_stats, read_gt_csv,
+                     write_gt_csv)
 from models import masks
 from models.masks import latent_mask
 
@@ -331,6 +333,19 @@ def test_stats_come_from_config_with_course_defaults():
     cfg = {'data': {'train_mean': [0.5, 0.5, 0.5], 'train_std': [0.25, 0.25, 0.25]}}
     assert data_stats(cfg, 'train') == ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     assert data_stats(cfg, 'test') == (TEST_MEAN, TEST_STD)
+
+
+def test_inference_normalises_with_the_tokenizer_configs_statistics(tmp_path):
+    """One home for the statistics: the VQGAN config. Decoding takes its test statistics (the course's template)
+    unless it says inference_stats: train; a MaskGit config reaches them through VQ_config_path."""
+    vq = {'data': {'train_mean': [0.5] * 3, 'train_std': [0.25] * 3, 'test_mean': [0.4] * 3}}
+    assert inference_stats({}) == (TEST_MEAN, TEST_STD)
+    assert inference_stats(vq) == ((0.4, 0.4, 0.4), TEST_STD)
+    vq['data']['inference_stats'] = 'train'
+    assert inference_stats(vq) == ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    (tmp_path / 'vq.yml').write_text(yaml.safe_dump(vq))
+    assert maskgit_stats({'model_param': {'VQ_Configs': {'VQ_config_path': str(tmp_path / 'vq.yml')}}}) == \
+        ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
 
 def test_paired_test_set_and_masks(dataset, tmp_path):
