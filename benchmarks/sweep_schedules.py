@@ -171,21 +171,28 @@ def run(a):
                               decode_seconds=round(decode_seconds, 1), fid_seconds=round(time.time() - t1, 1)))
             tqdm.write(f"{m} T={t} s={s}: FID {fid:.2f}, hole L1 {cells[-1]['hole_l1']:.2f}, "
                        f"hole PSNR {cells[-1]['hole_psnr']:.2f} dB")
+        res = write_outputs(a, cfg, settings, cells, len(data))  # after every setting: an interrupted sweep keeps it
+    print(table(res))
+    print(f"wrote {os.path.join(a.out, 'table.md')}, results.json, sweet_spot.png")
+    return res
+
+
+def write_outputs(a, cfg, settings, cells, n):
+    """results.json, table.md and sweet_spot.png of the cells so far (settings finished: their lines)."""
     ckpt = a.load_transformer_ckpt_path or (cfg.get('checkpoint') or {}).get('path')
-    res = dict(split=a.split, data=a.data, images=len(data), config=a.MaskGitConfig, checkpoint=ckpt,
+    res = dict(split=a.split, data=a.data, images=n, config=a.MaskGitConfig, checkpoint=ckpt,
                seed=next(iter(settings.values())).seed, refine=0, cells=cells)
     with atomic_open(os.path.join(a.out, 'results.json')) as f:
         json.dump(res, f, indent=1)
     with atomic_open(os.path.join(a.out, 'table.md')) as f:
         f.write(table(res))
+    done = [(m, t) for m, t in settings if any((c['schedule'], c['total_iter']) == (m, t) for c in cells)]
     series = {f"{m} T={t}": ([c['sweet_spot'] for c in cells if (c['schedule'], c['total_iter']) == (m, t)],
                              [c['fid'] for c in cells if (c['schedule'], c['total_iter']) == (m, t)])
-              for m, t in settings}
+              for m, t in done}
     plot_curves(series, os.path.join(a.out, 'sweet_spot.png'), xlabel='sweet spot s (steps, then argmax fill)',
-                ylabel='FID', title=f"FID against sweet spot: {a.split} split, {len(data)} images, "
+                ylabel='FID', title=f"FID against sweet spot: {a.split} split, {n} images, "
                       f"{os.path.basename(a.MaskGitConfig)}")
-    print(table(res))
-    print(f"wrote {os.path.join(a.out, 'table.md')}, results.json, sweet_spot.png")
     return res
 
 
