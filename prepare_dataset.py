@@ -6,8 +6,9 @@
 
 OUT/train/image_00000.png, OUT/val/..., OUT/test/image_000.png (ground truth), OUT/mask64/mask_000.png
 (mode L, 0 = hole, 255 = keep), OUT/masked_image/image_000.png (holes RGB 128), OUT/test_gt.csv,
-OUT/labels.json, and the same for validation (OUT/val_mask64/, OUT/val_masked_image/, OUT/val_gt.csv;
-masks from the same generator on their own seed stream: every choice is made there, never on test).
+OUT/labels.json, OUT/sources.json (a folder source's: each written file -> the file it came from, relative to the
+source folder; of exact duplicates the first), and the same for validation (OUT/val_mask64/, OUT/val_masked_image/,
+OUT/val_gt.csv; masks from the same generator on their own seed stream: every choice is made there, never on test).
 Near-copies (--near-dup-rms) are grouped and each group kept inside one split. --holdout-classes go whole to
 OUT/holdout/, laid out like val (OUT/holdout_mask64/, OUT/holdout_masked_image/, OUT/holdout_gt.csv).
 OUT/summary.json holds the counts. Everything is built in OUT.tmp and renamed at the end; --out may not be
@@ -127,7 +128,7 @@ def read_idx(path):
 
 
 def fashion_mnist_records(root, size):
-    """Yield (pixels HxWx3, label, official split) for the 70,000 Fashion-MNIST images."""
+    """Yield (pixels HxWx3, label, official split, None: no source file) for the 70,000 Fashion-MNIST images."""
     for split, prefix in (('train', 'train'), ('test', 't10k')):
         images_path = os.path.join(root, f'{prefix}-images-idx3-ubyte.gz')
         labels_path = os.path.join(root, f'{prefix}-labels-idx1-ubyte.gz')
@@ -137,17 +138,18 @@ def fashion_mnist_records(root, size):
                                         f"(install it with: apt-get install -y dataset-fashion-mnist)")
         images, labels = read_idx(images_path), read_idx(labels_path)
         for img, lab in tqdm(zip(images, labels), total=len(images), desc=f'fashion-mnist {split}'):
-            yield np.asarray(to_square_rgb(Image.fromarray(img, 'L'), size)), FASHION_MNIST_LABELS[lab], split
+            yield np.asarray(to_square_rgb(Image.fromarray(img, 'L'), size)), FASHION_MNIST_LABELS[lab], split, None
 
 
-def folder_records(items, size, max_pixels, workers, counts):
-    """Yield (pixels, label, None) for every readable image of `items` [(path, label)]; skips are counted."""
+def folder_records(items, size, max_pixels, workers, counts, root):
+    """Yield (pixels, label, None, path relative to root) for every readable image of `items` [(path, label)];
+    skips are counted."""
     jobs = [(p, size, max_pixels) for p, _ in items]
     with Pool(workers) as pool:
         results = pool.imap(load_source_image, jobs, chunksize=16)
         for (path, label), (status, pixels) in tqdm(zip(items, results), total=len(items), desc='images'):
             if status == 'ok':
-                yield pixels, label, None
+                yield pixels, label, None, os.path.relpath(path, root)
             else:
                 counts[status] += 1
 
@@ -170,7 +172,7 @@ def open_source(args, root, counts):
     if not items:
         raise ValueError(f"no images found under {root}")
     classes = sorted({label for _, label in items if label is not None})
-    return folder_records(items, args.image_size, args.max_pixels, args.workers, counts), classes
+    return folder_records(items, args.image_size, args.max_pixels, args.workers, counts, root), classes
 
 
 def holdout_classes(args, known):
@@ -225,18 +227,19 @@ def replace_out(tmp, out):
 # ----------------------------------------------------------------------------- near-duplicates and splitting
 
 def dedupe(records, counts):
-    """Exact duplicates (same preprocessed pixels) dropped -> {hash: pixels}, {hash: label}, {hash: official split}."""
-    pixels, labels, official = {}, {}, {}
-    for px, label, split in records:
+    """Exact duplicates (same preprocessed pixels) dropped, the first kept -> {hash: pixels}, {hash: label},
+    {hash: official split}, {hash: source file or None}."""
+    pixels, labels, official, sources = {}, {}, {}, {}
+    for px, label, split, source in records:
         h = hashlib.sha256(px.tobytes()).hexdigest()
         if h in pixels:
             counts['duplicates'] += 1
             continue
-        pixels[h], labels[h], official[h] = px, label, split
+        pixels[h], labels[h], official[h], sources[h] = px, label, split, source
     if not pixels:
         raise ValueError(f"no readable images in the source ({counts['unreadable']} unreadable, "
                          f"{counts['too_large']} over --max-pixels)")
-    return pixels, labels, official
+    return pixels, labels, official, sources
 
 
 def hash_order(hashes, seed):
@@ -324,15 +327,16 @@ def save_png(array_or_img, path):
     img.save(path, format='PNG')
 
 
-def write_split(tmp, split, hashes, pixels, labels, label_map, args):
-    """A split's images (labels into label_map) and, for test/val/holdout, their fixed masks, masked images and
-    GT CSV. Returns the hole fractions of its masks."""
+def write_split(tmp, split, hashes, pixels, labels, label_map, args, written):
+    """A split's images (labels into label_map, content hashes into `written`, by file name) and, for
+    test/val/holdout, their fixed masks, masked images and GT CSV. Returns the hole fractions of its masks."""
     width = 3 if split == 'test' else 5
     os.makedirs(os.path.join(tmp, split))
     for i, h in enumerate(tqdm(hashes, desc=f'write {split}')):
         name = f'{split}/image_{i:0{width}d}.png'
         save_png(pixels[h], os.path.join(tmp, name))
         label_map[name] = labels[h]
+        written[name] = h
     if split not in MASKED_PREFIX:
         return []
     prefix = MASKED_PREFIX[split]
@@ -359,7 +363,7 @@ def build(args):
     records, known = open_source(args, root, counts)
     holdout = holdout_classes(args, known)
 
-    pixels, labels, official = dedupe(records, counts)
+    pixels, labels, official, sources = dedupe(records, counts)
     order = hash_order(list(pixels), args.seed)
     fashion = args.source == 'fashion-mnist'
     # Fashion-MNIST keeps its official split: its near-copies across it are only counted
@@ -369,10 +373,10 @@ def build(args):
 
     tmp = out + '.tmp'
     _remove(tmp)  # left over from a crashed run: never reused
-    label_map, fracs = {}, {}
+    label_map, fracs, written = {}, {}, {}
     for split in ('train', 'val', 'test', 'holdout'):
         if members[split] or split != 'holdout':  # no holdout folders without held-out classes
-            fracs[split] = write_split(tmp, split, members[split], pixels, labels, label_map, args)
+            fracs[split] = write_split(tmp, split, members[split], pixels, labels, label_map, args, written)
     summary = {**{s: len(members[s]) for s in ('train', 'val', 'test', 'holdout')},
                'classes': len({l for l in labels.values() if l is not None}), 'holdout_classes': sorted(holdout),
                'near_dup_rms': args.near_dup_rms, 'near_dup_groups': len(merged),
@@ -383,6 +387,10 @@ def build(args):
         json.dump(label_map, f, indent=0, sort_keys=True)
     with open(os.path.join(tmp, 'summary.json'), 'w') as f:
         json.dump(summary, f, indent=1, sort_keys=True)
+    source_map = {name: sources[h] for name, h in written.items() if sources[h] is not None}
+    if source_map:  # folder sources: where each picture came from, at its own size (benchmarks/eval_fullsize.py)
+        with open(os.path.join(tmp, 'sources.json'), 'w') as f:
+            json.dump(source_map, f, indent=0, sort_keys=True)
     replace_out(tmp, out)
     return {'out': out, **summary}
 
