@@ -19,7 +19,7 @@ DIR_fashion-mnist := /usr/share/datasets/fashion-mnist
 # 600 val images (RESULTS.md); the test split is the official test set's either way
 ARGS_fashion-mnist := --val-frac 0.01
 
-.PHONY: setup browser test data demo demo-fashion app clean
+.PHONY: setup browser test data demo demo-fashion app train clean
 
 setup: $(VENV)/.installed
 
@@ -78,6 +78,19 @@ PORT ?= 7860
 app: setup
 	@echo "==> app: serving the inpainting page on http://127.0.0.1:$(PORT) (Ctrl-C to stop)"
 	$(PY) app.py --port $(PORT) --config $(CONFIG)
+
+# train on your own pictures: make train DATA=path/to/folder [BUDGET=60] [NAME=mine] [FLAGS=--resume]
+# (DATA here is the folder of pictures, so it must come from the command line, not the default above)
+BUDGET ?= 60
+NAME   ?= mine
+FLAGS  ?=
+train: setup
+	@case "$(origin DATA)" in \
+	  command\ line|environment) echo "==> train: fine-tuning the shipped pair on $(DATA) in ~$(BUDGET) min -> runs/$(NAME)/"; \
+	    $(PY) train.py --data "$(DATA)" --name "$(NAME)" --budget $(BUDGET) $(FLAGS);; \
+	  *) case " $(FLAGS) " in \
+	    *" --resume "*) $(PY) train.py --name "$(NAME)" --budget $(BUDGET) $(FLAGS);; \
+	    *) echo "usage: make train DATA=path/to/folder [BUDGET=60] [NAME=mine] [FLAGS=--resume]"; exit 2;; esac;; esac
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -51,6 +51,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--config', default='configs/VQGAN_small.yml', help="the VQGAN's config (train_encoder: section)")
     p.add_argument('--vqgan-ckpt', default=None, help="tokenizer to start from (default: the config's checkpoint: path)")
+    p.add_argument('--train-path', default=None, help="default: the config's data.train_path")
+    p.add_argument('--val-path', default=None,
+                   help="default: the config's data.val_path (its fixed masks: val_mask64 beside it)")
     p.add_argument('--epochs', type=int, default=None)
     p.add_argument('--batch-size', type=int, default=None)
     p.add_argument('--learning-rate', type=float, default=None)
@@ -74,9 +77,10 @@ def train_settings(cfg, args):
         if getattr(args, key) is not None:
             s[key] = getattr(args, key)
     data = cfg.get('data') or {}
-    s['train_path'] = data.get('train_path', 'data/openclipart/train')
-    s['val_path'] = data.get('val_path', 'data/openclipart/val')
-    s['val_mask_path'] = data.get('val_mask_path', os.path.join(os.path.dirname(s['val_path']), 'val_mask64'))
+    s['train_path'] = args.train_path or data.get('train_path', 'data/openclipart/train')
+    s['val_path'] = args.val_path or data.get('val_path', 'data/openclipart/val')
+    default_masks = os.path.join(os.path.dirname(os.path.normpath(s['val_path'])), 'val_mask64')
+    s['val_mask_path'] = default_masks if args.val_path else data.get('val_mask_path', default_masks)
     return s
 
 
