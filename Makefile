@@ -19,7 +19,7 @@ DIR_fashion-mnist := /usr/share/datasets/fashion-mnist
 # 600 val images (RESULTS.md); the test split is the official test set's either way
 ARGS_fashion-mnist := --val-frac 0.01
 
-.PHONY: setup browser test data demo demo-fashion app train clean
+.PHONY: setup browser test data demo demo-fashion generate app train clean
 
 setup: $(VENV)/.installed
 
@@ -72,6 +72,12 @@ demo: data
 
 demo-fashion:  # the same job on Fashion-MNIST with its own shipped pair
 	$(MAKE) demo SOURCE=fashion-mnist CONFIG=configs/MaskGit_fashion.yml RESULTS=results/demo-fashion
+
+# images from nothing: 8 of each Fashion-MNIST class with the shipped conditional model (its config's generate: settings)
+generate: setup
+	@echo "==> generate: 8 images of each Fashion-MNIST class -> results/generate-fashion/<class>_grid.png"
+	$(PY) generate.py --MaskGitConfig configs/MaskGit_fashion.yml $(foreach c,0 1 2 3 4 5 6 7 8 9,--class $(c)) --n 8 \
+	  --output-dir results/generate-fashion
 
 # the page to paint on (app.py), on http://127.0.0.1:$(PORT); the shipped pair of $(CONFIG)
 PORT ?= 7860
