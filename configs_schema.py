@@ -78,6 +78,14 @@ STR, BOOL, SECTION = Key('str'), Key('bool'), Key('section')
 
 # ----------------------------------------------------------------------------- the VQGAN's config
 
+# The stages' settings: every key optional in a run's config, every key set by the defaults config's section
+# (configs/VQGAN.yml, configs/MaskGit.yml; training.settings checks it), flags over both.
+DATA_PATHS = {  # the folders a trainer reads (the defaults configs' data: section sets both)
+    'data': opt(SECTION),
+    'data.train_path': opt(STR),
+    'data.val_path': opt(STR),
+}
+
 VQGAN_MODEL = {
     'model_param': SECTION,
     'model_param.image_channels': POS_INT,
@@ -96,9 +104,7 @@ VQGAN_MODEL = {
     'model_param.restart_threshold': opt(NONNEG),
     'checkpoint': opt(SECTION),
     'checkpoint.path': opt(STR),
-    'data': opt(SECTION),
-    'data.train_path': opt(STR),
-    'data.val_path': opt(STR),
+    **DATA_PATHS,
     'data.val_mask_path': opt(STR),
     'data.train_mean': opt(Key('numbers', lo=0, hi=1, length=3, required=False)),
     'data.train_std': opt(Key('numbers', lo=0, hi=1, lo_open=True, length=3, required=False)),
@@ -106,7 +112,7 @@ VQGAN_MODEL = {
     'data.test_std': opt(Key('numbers', lo=0, hi=1, lo_open=True, length=3, required=False)),
     'data.inference_stats': opt(Key('str', choices=('test', 'train'), required=False)),
 }
-VQGAN_TRAIN = {  # training_vqgan.py: over its TRAIN_DEFAULTS, so every key is optional
+VQGAN_TRAIN = {  # training_vqgan.py
     'train': opt(SECTION),
     'train.batch_size': opt(POS_INT),
     'train.accum_grad': opt(POS_INT),
@@ -123,16 +129,16 @@ VQGAN_TRAIN = {  # training_vqgan.py: over its TRAIN_DEFAULTS, so every key is o
     'train.lr_schedule': opt(Key('str', choices=('constant', 'cosine'))),
     'train.hflip': opt(BOOL),
 }
-ENCODER_TRAIN = {  # training_encoder.py: its section sets every key
-    'train_encoder': SECTION,
-    'train_encoder.epochs': POS_INT,
-    'train_encoder.batch_size': POS_INT,
-    'train_encoder.learning_rate': NONNEG,
-    'train_encoder.clean_frac': FRACTION,
-    'train_encoder.tau': POSITIVE,
-    'train_encoder.feature_weight': NONNEG,
-    'train_encoder.mask_bank': POS_INT,
-    'train_encoder.run_dir': STR,
+ENCODER_TRAIN = {  # training_encoder.py
+    'train_encoder': opt(SECTION),
+    'train_encoder.epochs': opt(POS_INT),
+    'train_encoder.batch_size': opt(POS_INT),
+    'train_encoder.learning_rate': opt(NONNEG),
+    'train_encoder.clean_frac': opt(FRACTION),
+    'train_encoder.tau': opt(POSITIVE),
+    'train_encoder.feature_weight': opt(NONNEG),
+    'train_encoder.mask_bank': opt(POS_INT),
+    'train_encoder.run_dir': opt(STR),
 }
 DISCRIMINATOR = {
     'model_param': SECTION,
@@ -165,8 +171,9 @@ MASKGIT_MODEL = {
     'model_param.Transformer_param.num_classes': opt(NONNEG_INT),
     'checkpoint': opt(SECTION),
     'checkpoint.path': opt(STR),
+    **DATA_PATHS,
 }
-MASKGIT_TRAIN = {  # training_transformer.py: over configs/MaskGit.yml's train: section (which sets every key)
+MASKGIT_TRAIN = {  # training_transformer.py
     'train': opt(SECTION),
     'train.epochs': opt(POS_INT),
     'train.batch_size': opt(POS_INT),
@@ -225,3 +232,24 @@ def check_flags(args, rules):
         v = getattr(args, name, None)
         if v is not None and not key.ok(v):
             raise ValueError(f"--{name.replace('_', '-')}: expected {key.want()}, got {v!r}")
+
+
+# ----------------------------------------------------------------------------- facts of a config pair
+
+def downsampling(vq_param):
+    """Pixels per token side, f = img_resolution / latent_resolution: derived from the VQGAN's model_param, the
+    one home of both, and never written in a config."""
+    return vq_param['img_resolution'] // vq_param['latent_resolution']
+
+
+def check_pair(mp, mg_path, vq_p, vq_path):
+    """Refuse (one line) a MaskGit model_param whose code count K or tokens per image disagree with its VQGAN's.
+    The course's format writes K in model_param, Transformer_param and the VQGAN config, and the tokens per
+    image twice: the VQGAN config is the one home of both (K, latent_resolution ** 2), the others must agree."""
+    want = dict(num_codebook_vectors=vq_p['num_codebook_vectors'], num_image_tokens=vq_p['latent_resolution'] ** 2)
+    for where, section in (('model_param', mp), ('model_param.Transformer_param', mp.get('Transformer_param') or {})):
+        for key, v in want.items():
+            if key in section and section[key] != v:
+                raise ValueError(f"config {mg_path}: key {where}.{key} {section[key]} does not match VQGAN config "
+                                 f"{vq_path} (num_codebook_vectors {vq_p['num_codebook_vectors']}, latent_resolution "
+                                 f"{vq_p['latent_resolution']}: {key} {v})")

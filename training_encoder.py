@@ -31,16 +31,18 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import training
 from dataset import ImageDataset, MaskDataset, data_stats
 from models.masks import fill_holes, latent_mask, normalised_fill, pixel_mask_bank
 from models.vqgan import VQGAN, load_vqgan, model_state_dict
-from configs_schema import ENCODER_CONFIG, ENCODER_TRAIN, NONNEG, POS_INT, Key, check_flags, validate
+from configs_schema import ENCODER_CONFIG, ENCODER_TRAIN, NONNEG, POS_INT, Key, check_flags, downsampling, validate
 from utils import (atomic_open, check_writable, claim_run_dir, export_checkpoint, load_checkpoint, load_config,
                    load_state_dict_checked, remove_files, resolve_device, save_checkpoint, seed_everything)
 
-# The config's train_encoder: section is the one home of these settings (configs/VQGAN_small.yml sets them all);
-# configs_schema.ENCODER_TRAIN requires each, so a missing key is an error naming it.
+# The settings: configs/VQGAN.yml's train_encoder: section sets every one, a config's own overrides it key by key
+# (training.settings), and TRAIN_FLAGS override those for one run.
 TRAIN_KEYS = tuple(k.split('.', 1)[1] for k in ENCODER_TRAIN if '.' in k)
+TRAIN_FLAGS = ('epochs', 'batch_size', 'learning_rate', 'run_dir')
 RUN_FILES = ('last.pt', 'best.pt', 'log.csv')  # what a run writes in its folder
 FLAG_RULES = dict(epochs=POS_INT, batch_size=POS_INT, learning_rate=NONNEG, max_minutes=NONNEG,
                   partial=Key('number', lo=0, lo_open=True, hi=1))
@@ -51,8 +53,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--config', default='configs/VQGAN_small.yml', help="the VQGAN's config (train_encoder: section)")
     p.add_argument('--vqgan-ckpt', default=None, help="tokenizer to start from (default: the config's checkpoint: path)")
-    p.add_argument('--train-path', default=None, help="default: the config's data.train_path")
-    p.add_argument('--val-path', default=None,
+    p.add_argument('--train-path', '--train_d_path', dest='train_path', default=None,
+                   help="default: the config's data.train_path")
+    p.add_argument('--val-path', '--val_d_path', dest='val_path', default=None,
                    help="default: the config's data.val_path (its fixed masks: val_mask64 beside it)")
     p.add_argument('--epochs', type=int, default=None)
     p.add_argument('--batch-size', type=int, default=None)
@@ -71,14 +74,11 @@ def parse_args(argv=None):
 
 
 def train_settings(cfg, args):
-    """The config's train_encoder: section, flags over it; folders from its data: section."""
-    s = dict(cfg.get('train_encoder') or {})
-    for key in ('epochs', 'batch_size', 'learning_rate', 'run_dir'):
-        if getattr(args, key) is not None:
-            s[key] = getattr(args, key)
+    """configs/VQGAN.yml's train_encoder: section, the config's over it, the flags given over both; the folders
+    (training.settings, training.data_paths: the rule of every stage); the val masks beside the val images."""
+    s = {**training.settings(cfg, 'encoder', args, TRAIN_FLAGS),
+         **training.data_paths(cfg, 'encoder', args.train_path, args.val_path)}
     data = cfg.get('data') or {}
-    s['train_path'] = args.train_path or data.get('train_path', 'data/openclipart/train')
-    s['val_path'] = args.val_path or data.get('val_path', 'data/openclipart/val')
     default_masks = os.path.join(os.path.dirname(os.path.normpath(s['val_path'])), 'val_mask64')
     s['val_mask_path'] = default_masks if args.val_path else data.get('val_mask_path', default_masks)
     return s
@@ -101,10 +101,10 @@ def distill_loss(student, z_t, codes_t, x_in, known, tau, feature_weight):
 
 
 @torch.no_grad()
-def evaluate(student, teacher, images, masks, fill, batch_size=64):
-    """(known_agree, clean_agree) on val images [N, 3, H, W] with their fixed masks [N, 1, H, W]."""
+def evaluate(student, teacher, images, masks, fill, f, batch_size=64):
+    """(known_agree, clean_agree) on val images [N, 3, H, W] with their fixed masks [N, 1, H, W]; f: the
+    tokenizer's downsampling factor."""
     student.eval()
-    f = teacher.img_resolution // teacher.latent_resolution
     sums = torch.zeros(4)  # known agreements, known tokens, clean agreements, tokens
     for i in range(0, len(images), batch_size):
         x, m = images[i:i + batch_size], masks[i:i + batch_size]
@@ -145,6 +145,7 @@ class Data:
     bank: torch.Tensor              # [M, 1, H, W] training masks from the dataset's generator
     fill: torch.Tensor              # [3] the holes' grey, normalised
     steps_per_epoch: int
+    factor: int                     # pixels per token side (configs_schema.downsampling)
 
 
 def build(args, cfg, s, device):
@@ -158,7 +159,7 @@ def build(args, cfg, s, device):
     return Run(student, teacher, params, torch.optim.AdamW(params, lr=s['learning_rate'], weight_decay=0.0))
 
 
-def load_data(args, cfg, s, img_resolution, device):
+def load_data(args, cfg, s, device):
     mean, std = data_stats(cfg, 'train')
     train = ImageDataset(s['train_path'], args.partial, mean, std)
     val_x = torch.stack([x for x in ImageDataset(s['val_path'], args.partial, mean, std)]).to(device)
@@ -171,8 +172,10 @@ def load_data(args, cfg, s, img_resolution, device):
     if len(train) < s['batch_size']:  # else 0 steps an epoch, and a loss of 0 logged
         raise ValueError(f"--batch-size {s['batch_size']} is more than the {len(train)} training images in "
                          f"{s['train_path']}: give a smaller one")
-    bank = pixel_mask_bank(s['mask_bank'], img_resolution, args.seed)
-    return Data(train_x, val_x, val_m, bank, normalised_fill(mean, std, device), len(train_x) // s['batch_size'])
+    p = cfg['model_param']
+    bank = pixel_mask_bank(s['mask_bank'], p['img_resolution'], args.seed)
+    return Data(train_x, val_x, val_m, bank, normalised_fill(mean, std, device), len(train_x) // s['batch_size'],
+                downsampling(p))
 
 
 def checkpoint_paths(s):
@@ -193,7 +196,7 @@ def resume(run, s):
 
 def log_start(run, data):
     """Row 0 of log.csv: the tokenizer before fine-tuning."""
-    known, clean = evaluate(run.student, run.teacher, data.val_x, data.val_m, data.fill)
+    known, clean = evaluate(run.student, run.teacher, data.val_x, data.val_m, data.fill, data.factor)
     log(f"before fine-tuning: known_agree {known:.4f}, clean_agree {clean:.4f}")
     run.rows.append(dict(epoch=0, step=0, train_loss=float('nan'), known_agree=known, clean_agree=clean, seconds=0.0))
 
@@ -203,7 +206,7 @@ def train_step(run, data, s, x, m):
     with torch.no_grad():
         z_t = features(run.teacher, x)                                     # [B*N, D]
         codes_t = run.teacher.codebook.distances(z_t).argmin(1)           # [B*N]
-    known = ~latent_mask(m, run.teacher.img_resolution // run.teacher.latent_resolution).flatten()  # [B*N]
+    known = ~latent_mask(m, data.factor).flatten()                                       # [B*N]
     total = s['epochs'] * data.steps_per_epoch
     lr = s['learning_rate'] * 0.5 * (1 + math.cos(math.pi * run.step / max(1, total)))
     for grp in run.opt.param_groups:
@@ -244,7 +247,7 @@ def end_of_epoch(run, data, s, cfg, train_loss, start):
     """Validate and check, then save last.pt (and best.pt) and log.csv; returns whether --max-minutes
     stopped the epoch short (it then stays unfinished: --resume continues it)."""
     stopped = run.step < (run.epoch + 1) * data.steps_per_epoch
-    known_a, clean_a = evaluate(run.student, run.teacher, data.val_x, data.val_m, data.fill)
+    known_a, clean_a = evaluate(run.student, run.teacher, data.val_x, data.val_m, data.fill, data.factor)
     last, best = checkpoint_paths(s)
     if not all(torch.isfinite(p).all() for p in run.params):
         raise ValueError(f"non-finite weights after step {run.step}; {last} and {best} untouched")
@@ -278,7 +281,7 @@ def main(argv=None):
     seed_everything(args.seed)
     device = resolve_device(args.device)
     run = build(args, cfg, s, device)
-    data = load_data(args, cfg, s, run.teacher.img_resolution, device)
+    data = load_data(args, cfg, s, device)
     if args.resume:
         resume(run, s)
     else:

@@ -34,9 +34,9 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
+import training
 from dataset import ImageDataset, MaskDataset, class_names, image_labels, inference_stats, list_images, read_labels
 from models.maskgit import MaskGit, masked_accuracy, mvtm_loss, transformer_state_dict
 from models.transformer import remap_codes
@@ -44,15 +44,20 @@ from models.masks import latent_mask, pixel_mask_bank
 from models.token_cache import encode_folder, load_context_tokens, load_tokens, vqgan_meta
 from models.vqgan import load_vqgan
 from plots import plot_curves
-from configs_schema import (MASKGIT_CONFIG, MASKGIT_TRAIN, NONNEG, NONNEG_INT, POS_INT, VQGAN_MODEL, Key,
-                            check_flags, validate)
+from configs_schema import (MASKGIT_CONFIG, NONNEG, NONNEG_INT, POS_INT, VQGAN_MODEL, Key, check_flags, check_pair,
+                            downsampling, validate)
+# a step's parts live in training.py (benchmarks/bench_transformer.py times the same step); train_step below
+# calls accumulate_grads and mvtm_loss by these module names, which tests patch
+from training import (DROPOUT_STREAM, VAL_STREAM, accumulate_grads, amp_setup, epoch_order, make_optimizer,
+                      step_seed)
+from training import class_rows  # noqa: F401  (tests/test_conditioning.py reaches it here)
 from utils import (RECORD_KEYS, atomic_open, check_writable, claim_run_dir, export_checkpoint, load_checkpoint,
                    load_config, load_state_dict_checked, lr_factor, remove_files, resolve_device, save_checkpoint,
                    seed_everything)
 
-# configs/MaskGit.yml's train: section is the one home of the training defaults: a config's own train: section
-# (absent in the course's MaskGit.yml) overrides them key by key, and flags of the same name override both.
-DEFAULTS_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs', 'MaskGit.yml')
+# configs/MaskGit.yml's train: and data: sections are the one home of the training defaults: a config's own
+# sections (absent in the course's MaskGit.yml) override them key by key, and the flags override both
+# (training.settings, the rule of every stage): FLAG_KEYS by their names, --train_d_path / --val_d_path data:.
 FLAG_KEYS = ('epochs', 'batch_size', 'accum_grad', 'learning_rate', 'warmup_steps', 'grad_clip', 'save_per_epoch',
              'cache_dir')  # train: keys a flag of the same name overrides
 FLAG_RULES = dict(epochs=POS_INT, batch_size=POS_INT, accum_grad=POS_INT, learning_rate=NONNEG,
@@ -60,7 +65,6 @@ FLAG_RULES = dict(epochs=POS_INT, batch_size=POS_INT, accum_grad=POS_INT, learni
                   ckpt_interval=NONNEG_INT, max_steps=POS_INT, num_workers=NONNEG_INT,
                   partial=Key('number', lo=0, lo_open=True, hi=1))
 RUN_FILES = ('train_state.pt', 'log.csv', 'loss_curve.png', 'transformer_epoch_*.pt')  # and --checkpoint-path
-_MASK_STREAM, _DROPOUT_STREAM, _VAL_STREAM = 0, 1, 2
 CHECK_SEQUENCES = 64  # val sequences scored before a mid-epoch save
 
 
@@ -71,13 +75,15 @@ class TrainingDiverged(RuntimeError):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Train MaskGit's bidirectional transformer (MVTM).")
     # the course's flags (defaults None: take the config's `train:` section)
-    p.add_argument('--train_d_path', default='data/openclipart/train', help='training images folder')
-    p.add_argument('--val_d_path', default='data/openclipart/val', help='validation images folder')
+    p.add_argument('--train_d_path', '--train-path', dest='train_d_path', default=None,
+                   help="training images folder (default: the config's data.train_path)")
+    p.add_argument('--val_d_path', '--val-path', dest='val_d_path', default=None,
+                   help="validation images folder (default: the config's data.val_path)")
     p.add_argument('--checkpoint-path', default='runs/transformer/last_ckpt.pt',
                    help="transformer state_dict written after every epoch; its folder holds all outputs. "
                         "With --start-from-epoch N > 0 training starts from the weights in this file")
     p.add_argument('--device', default=None, help="cuda, cuda:0, cpu (default: cuda if available)")
-    p.add_argument('--num_workers', type=int, default=2, help='data loader workers for building the token cache')
+    p.add_argument('--num_workers', '--num-workers', dest='num_workers', type=int, default=2, help='data loader workers for building the token cache')
     p.add_argument('--batch-size', type=int, default=None, help='samples per process per micro-batch')
     p.add_argument('--partial', type=float, default=1.0, help='use the first fraction of each image folder')
     p.add_argument('--accum-grad', type=int, default=None, help='micro-batches per optimizer step')
@@ -135,17 +141,13 @@ class VQ:
 
 
 def config_train(cfg):
-    """configs/MaskGit.yml's `train:` section (every key required) with the config's own `train:` keys over it."""
-    every_key = {k: Key(**{**v.__dict__, 'required': True}) for k, v in MASKGIT_TRAIN.items()}
-    defaults = validate(load_config(DEFAULTS_CONFIG), DEFAULTS_CONFIG, every_key)['train']
-    return dict(defaults, **(cfg.get('train') or {}))
+    """configs/MaskGit.yml's `train:` section (every key set) with the config's own `train:` keys over it."""
+    return training.settings(cfg, 'transformer')
 
 
 def train_settings(cfg, args):
     """config_train(cfg), then the flags given over it (checked by check_flags)."""
-    s = config_train(cfg)
-    s.update({key: getattr(args, key) for key in FLAG_KEYS if getattr(args, key) is not None})
-    return s
+    return training.settings(cfg, 'transformer', args, FLAG_KEYS)
 
 
 def read_configs(args):
@@ -155,6 +157,9 @@ def read_configs(args):
     check_flags(args, FLAG_RULES)
     mp = cfg['model_param']
     s = train_settings(cfg, args)
+    # the folders: flag, else the config's data:, else configs/MaskGit.yml's; the flags hold them from here on
+    paths = training.data_paths(cfg, 'transformer', args.train_d_path, args.val_d_path)
+    args.train_d_path, args.val_d_path = paths['train_path'], paths['val_path']
     if args.start_from_epoch and args.start_from_epoch >= s['epochs']:
         raise ValueError(f"--start-from-epoch {args.start_from_epoch} leaves nothing to train: --epochs {s['epochs']} "
                          f"is the number of the last epoch (give --epochs {args.start_from_epoch + 1} or more)")
@@ -165,12 +170,7 @@ def read_configs(args):
         raise ValueError(f"config {args.MaskGitConfig}: model_param.VQ_Configs needs VQ_config_path and "
                          f"VQ_CKPT_path (or pass --config-vqgan / --vqgan-ckpt)")
     vq_cfg = validate(load_config(vq_cfg_path), vq_cfg_path, VQGAN_MODEL)
-    vq_p = vq_cfg['model_param']
-    if (vq_p.get('num_codebook_vectors'), vq_p.get('latent_resolution', 0) ** 2) != \
-            (mp['num_codebook_vectors'], mp['num_image_tokens']):
-        raise ValueError(f"{args.MaskGitConfig} (num_codebook_vectors {mp['num_codebook_vectors']}, num_image_tokens "
-                         f"{mp['num_image_tokens']}) does not match VQGAN config {vq_cfg_path} (num_codebook_vectors "
-                         f"{vq_p.get('num_codebook_vectors')}, latent_resolution {vq_p.get('latent_resolution')})")
+    check_pair(mp, args.MaskGitConfig, vq_cfg['model_param'], vq_cfg_path)
     if not os.path.isfile(vq_ckpt):
         raise FileNotFoundError(f"VQGAN checkpoint not found: {vq_ckpt} (train one with training_vqgan.py "
                                 f"or pass --vqgan-ckpt)")
@@ -228,96 +228,7 @@ def setup_distributed(device_arg):
     return dist.get_world_size(), dist.get_rank(), torch.device(f'cuda:{local}' if cuda else 'cpu')
 
 
-def amp_setup(device, amp):
-    """(autocast factory, GradScaler) for --amp on `device`."""
-    if amp == 'auto':
-        amp = 'bf16' if device.type == 'cuda' else 'off'
-    if amp == 'fp16' and device.type != 'cuda':
-        raise ValueError(f"--amp fp16 needs CUDA (device is {device}); use --amp bf16 or off")
-    dtype = torch.bfloat16 if amp == 'bf16' else torch.float16
-    autocast = functools.partial(torch.autocast, device.type, dtype=dtype) if amp != 'off' else nullcontext
-    return autocast, torch.amp.GradScaler('cuda', enabled=amp == 'fp16')
-
-
 # ----------------------------------------------------------------------------- one step
-
-def step_seed(seed, step, stream, rank=0):
-    """Distinct, reproducible seed per (run seed, optimizer step, random stream, rank)."""
-    return ((seed * 1_000_003 + step) * 4 + stream) * 1024 + rank
-
-
-def epoch_order(n, epoch, seed, world, rank):
-    """This process's sample order for `epoch`: DistributedSampler's, so rank r holds perm[r::world]."""
-    sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
-    sampler.set_epoch(epoch)
-    return torch.tensor(list(sampler))
-
-
-def draw_masks(g, rows, n_tok, hole_frac, variants):
-    """Mask ratios r [rows], scores [rows, N], which rows are masked inside a hole [rows] bool (a share
-    `hole_frac`; the others like the paper, anywhere) and which cached masked variant each uses [rows]."""
-    r, scores = torch.rand(rows, generator=g), torch.rand(rows, n_tok, generator=g)
-    return r, scores, torch.rand(rows, generator=g) < hole_frac, torch.randint(max(1, variants), (rows,), generator=g)
-
-
-def class_rows(g, labels, idx, cond_drop, null, world, rank):
-    """Class ids [B] of samples idx (labels: the ids of every training row), each replaced by the null class
-    with probability cond_drop. The uniforms come from the step's generator g, drawn for the global micro-batch
-    (world * B rows, rank taking its own) after the masks' draws, so unconditional runs draw what they did."""
-    if labels is None:
-        return None
-    drop = (torch.rand(len(idx) * world, generator=g) < cond_drop)[rank::world]           # [B]
-    return torch.where(drop, null, labels[idx])
-
-
-def hole_rows(idx, use, variant, ctx):
-    """(region [B, N] bool, context [B, N] long) for samples idx [B]: rows that `use` a hole take cached
-    variant `variant` (ctx: context tokens [S, V, N], token holes [S, V, N]); the others mask anywhere."""
-    if ctx is None:
-        return None, None
-    context, holes = ctx
-    region = holes[idx, variant] | ~use[:, None]                                               # [B, N]
-    return region, context[idx, variant]
-
-
-def accumulate_grads(model, raw, tokens, order, step_in_epoch, step, s, seed, world, rank, device,
-                     autocast=nullcontext, scaler=None, ctx=None, labels=None):
-    """Forward/backward over the micro-batches of one optimizer step; returns their mean loss (this rank).
-
-    Mask ratios, positions and holes are drawn for the whole global micro-batch (world * batch rows) and
-    each rank takes its rows, and each rank's loss is normalised by the global masked count, so the
-    averaged DDP gradient equals one process's gradient on the global batch. ctx: (context tokens, token
-    holes) of the masked variants of each sample (load_context_tokens), or None for the paper's masks only.
-    labels: the class id of every training row (a conditional model), or None.
-    """
-    b, a_n, n_tok = s['batch_size'], s['accum_grad'], raw.num_image_tokens
-    total = torch.zeros((), device=device)
-    for a in range(a_n):
-        j = step_in_epoch * a_n + a
-        idx = order[j * b:(j + 1) * b]
-        z = tokens[idx].to(device).long()                                                     # [B, N]
-        g = torch.Generator().manual_seed(step_seed(seed, step * a_n + a, _MASK_STREAM))
-        r, scores, use, variant = (v[rank::world] for v in draw_masks(g, b * world, n_tok, s['hole_mask_frac'],
-                                                                       0 if ctx is None else ctx[0].shape[1]))
-        region, context = hole_rows(idx, use, variant, ctx)
-        y = class_rows(g, labels, idx, s['cond_drop'], raw.transformer.num_classes, world, rank)
-        if s['masked_only']:
-            count = raw.num_masked(r, None if region is None else region.sum(1)).sum().double()
-            if world > 1:
-                dist.all_reduce(count)
-            norm = count.item() / world  # global masked count, per rank
-        else:
-            norm = b * n_tok
-        sync = a == a_n - 1 or not isinstance(model, DDP)
-        with nullcontext() if sync else model.no_sync():
-            with autocast():
-                logits, target, mask = model(z, r, scores, region, context, None if y is None else y.to(device))
-            loss = mvtm_loss(logits, target, mask, raw.num_codebook_vectors, s['label_smoothing'],
-                             s['masked_only'], normalizer=norm)
-            (scaler.scale(loss / a_n) if scaler is not None else loss / a_n).backward()
-        total += loss.detach()
-    return total / a_n
-
 
 @torch.no_grad()
 def evaluate(raw, tokens, s, seed, world, rank, device, autocast=nullcontext, holes=None, labels=None):
@@ -332,7 +243,7 @@ def evaluate(raw, tokens, s, seed, world, rank, device, autocast=nullcontext, ho
     was_training = raw.training
     raw.eval()
     n, n_tok = tokens.shape
-    g = torch.Generator().manual_seed(step_seed(seed, 0, _VAL_STREAM))
+    g = torch.Generator().manual_seed(step_seed(seed, 0, VAL_STREAM))
     r_all, scores_all = torch.rand(n, generator=g), torch.rand(n, n_tok, generator=g)
     idx = torch.arange(rank, n, world)
     sums = torch.zeros(7, dtype=torch.float64, device=device)  # loss sum, correct, count, hole correct, hole count
@@ -360,17 +271,6 @@ def evaluate(raw, tokens, s, seed, world, rank, device, autocast=nullcontext, ho
     hole_acc = (sums[3] / sums[4]).item() if holes is not None else nan
     hole_acc_class = (sums[5] / sums[6]).item() if holes is not None and labels is not None else nan
     return (sums[0] / sums[2]).item(), (sums[1] / sums[2]).item(), hole_acc, hole_acc_class
-
-
-def make_optimizer(raw, s, device):
-    """AdamW; weight decay on matrices (linear weights, token embedding), not on biases, norms, positions."""
-    decay, no_decay = [], []
-    for name, p in raw.named_parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 and name.split('.')[-1] not in ('bias', 'pos_emb') else no_decay).append(p)
-    groups = [{'params': decay, 'weight_decay': s['weight_decay']}, {'params': no_decay, 'weight_decay': 0.0}]
-    fused = device.type == 'cuda'
-    return torch.optim.AdamW(groups, lr=s['learning_rate'], betas=tuple(s['betas']), fused=fused)
 
 
 # ----------------------------------------------------------------------------- data
@@ -432,7 +332,7 @@ def load_data(args, s, vq, proc, classes=None):
         if proc.world > 1 and turn == 0:
             dist.barrier()
     vq_p = vq.cfg['model_param']
-    factor = vq_p['img_resolution'] // vq_p['latent_resolution']
+    factor = downsampling(vq_p)
     ctx = None
     if s['hole_mask_frac'] > 0:  # the dataset's hole generator on its training stream, the masked images encoded
         bank = pixel_mask_bank(s['mask_bank'], vq_p['img_resolution'], args.seed)
@@ -640,9 +540,9 @@ def train_step(run, args, s, proc, data, order, i):
     lr = s['learning_rate'] * lr_factor(run.step, s['warmup_steps'], s['epochs'] * run.steps_per_epoch)
     for grp in run.opt.param_groups:
         grp['lr'] = lr
-    torch.manual_seed(step_seed(args.seed, run.step, _DROPOUT_STREAM, proc.rank))
+    torch.manual_seed(step_seed(args.seed, run.step, DROPOUT_STREAM, proc.rank))
     loss = accumulate_grads(run.model, run.raw, data.train, order, i, run.step, s, args.seed, proc.world, proc.rank,
-                            proc.device, proc.autocast, run.scaler, data.ctx, data.train_labels)
+                            proc.device, proc.autocast, run.scaler, data.ctx, data.train_labels, loss_fn=mvtm_loss)
     run.scaler.unscale_(run.opt)
     gnorm = torch.nn.utils.clip_grad_norm_(run.raw.parameters(), s['grad_clip'] if s['grad_clip'] > 0 else math.inf)
     if proc.world > 1:

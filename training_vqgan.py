@@ -21,25 +21,26 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+import training
 from dataset import ImageDataset, data_stats, denormalize
 from models.discriminator import Discriminator
 from models.vqgan import VQGAN, model_state_dict
 from plots import save_grid
-from configs_schema import DISCRIMINATOR, NONNEG, NONNEG_INT, POS_INT, VQGAN_CONFIG, Key, check_flags, validate
+from configs_schema import NONNEG, NONNEG_INT, POS_INT, VQGAN_CONFIG, Key, check_flags, validate
+# the step and its parts live in training.py (the benchmarks time them); imported under the names this loop calls
+from training import NonFiniteLoss, amp_setup, optimiser_step
+from training import gradient_loss  # noqa: F401  (tests/test_vqgan.py reaches it here)
+from training import vqgan_train_step as train_step
 from utils import (check_writable, claim_run_dir, export_checkpoint, load_checkpoint, load_config,
                    load_state_dict_checked, lr_factor, remove_files, resolve_device, save_checkpoint, seed_everything)
 
-# The course VQGAN's training settings (configs/VQGAN.yml, the course's file, has no train: section); a config's
-# train: section overrides them key by key.
-TRAIN_DEFAULTS = dict(batch_size=16, accum_grad=1, learning_rate=2.25e-4, betas=[0.5, 0.9], epochs=10,
-                      l1_weight=1.0, l2_weight=1.0, disc_start=2000, disc_weight=0.5,
-                      disc_config='configs/Discriminator.yml', run_dir='runs/vqgan', lr_schedule='constant',
-                      hflip=False, grad_weight=0.0)
 LR_SCHEDULES = ('constant', 'cosine')  # cosine: from learning_rate to 0 over the run's epochs, set every step
+# flags that override the train: key of their name (the others are this run's: --partial, --seed, --device ...)
+TRAIN_FLAGS = ('batch_size', 'accum_grad', 'epochs', 'learning_rate', 'disc_start', 'run_dir', 'lr_schedule',
+               'grad_weight', 'hflip')
 RUN_FILES = ('last.pt', 'best.pt', 'log.csv', 'recon_epoch*.png')  # what a run writes in its folder
 FLAG_RULES = dict(batch_size=POS_INT, accum_grad=POS_INT, epochs=POS_INT, learning_rate=NONNEG,
                   disc_start=NONNEG_INT, grad_weight=NONNEG, max_steps=POS_INT, max_minutes=NONNEG,
@@ -48,15 +49,13 @@ CSV_FIELDS = ['epoch', 'step', 'train_loss', 'train_rec', 'train_q', 'val_l1', '
               'perplexity', 'seconds']
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--config', default='configs/VQGAN_small.yml')
-    p.add_argument('--train-path', default=None, help="default: the config's data.train_path")
-    p.add_argument('--val-path', default=None, help="default: the config's data.val_path")
+    p.add_argument('--train-path', '--train_d_path', dest='train_path', default=None,
+                   help="default: the config's data.train_path")
+    p.add_argument('--val-path', '--val_d_path', dest='val_path', default=None,
+                   help="default: the config's data.val_path")
     p.add_argument('--partial', type=float, default=1.0)
     p.add_argument('--batch-size', type=int, default=None)
     p.add_argument('--accum-grad', type=int, default=None)
@@ -79,7 +78,7 @@ def parse_args(argv=None):
                    help='train post_quant_conv and the decoder alone: every image keeps its codes, so a transformer '
                         'trained on them stays valid')
     p.add_argument('--device', default=None, help='cuda, cpu, cuda:1 ... (default: cuda if available)')
-    p.add_argument('--num-workers', type=int, default=0)
+    p.add_argument('--num-workers', '--num_workers', dest='num_workers', type=int, default=0)
     p.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (CPU)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--export', default=None, help='checkpoint to export as a plain fp16 state_dict to --out')
@@ -88,34 +87,13 @@ def parse_args(argv=None):
 
 
 def train_settings(cfg, args):
-    """The config's train: section over TRAIN_DEFAULTS, then the flags given; folders from its data: section."""
-    t = {**TRAIN_DEFAULTS, **(cfg.get('train') or {})}
-    data = cfg.get('data') or {}
-    for key in ('batch_size', 'accum_grad', 'epochs', 'learning_rate', 'disc_start', 'run_dir', 'lr_schedule',
-                'grad_weight', 'hflip'):
-        if getattr(args, key) is not None:
-            t[key] = getattr(args, key)
-    t['train_path'] = args.train_path or data.get('train_path', 'data/openclipart/train')
-    t['val_path'] = args.val_path or data.get('val_path', 'data/openclipart/val')
-    if t['lr_schedule'] not in LR_SCHEDULES:
-        raise ValueError(f"{args.config}: train.lr_schedule is {t['lr_schedule']!r}; use one of {', '.join(LR_SCHEDULES)}")
-    return t
+    """configs/VQGAN.yml's train: section, the config's over it, then the flags given; and the folders
+    (training.settings, training.data_paths: the rule of every stage)."""
+    return {**training.settings(cfg, 'vqgan', args, TRAIN_FLAGS),
+            **training.data_paths(cfg, 'vqgan', args.train_path, args.val_path)}
 
 
-# ----------------------------------------------------------------------------- losses, metrics
-
-def gradient_loss(x_hat, x):
-    """Mean L1 between the images' horizontal and vertical differences: blur lowers an edge's gradient, and
-    L1 + L2 alone reward the blurred mean of the edges a code could stand for."""
-    e = x_hat - x  # the differences are linear: d(x_hat) - d(x) = d(x_hat - x)
-    return e.diff(dim=-1).abs().mean() + e.diff(dim=-2).abs().mean()  # [B, 3, H, W-1], [B, 3, H-1, W]
-
-
-def adaptive_weight(rec_loss, g_loss, last_layer):
-    """Balance the GAN term against reconstruction by their gradient norms at the decoder's last layer."""
-    rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
-    g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
-    return (rec_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0, 1e4).detach()
+# ----------------------------------------------------------------------------- metrics
 
 
 def codebook_stats(counts):
@@ -178,59 +156,6 @@ def append_log(row, path):
         w.writerow({k: (f'{v:.5g}' if isinstance(v, float) else v) for k, v in row.items()})
 
 
-# ----------------------------------------------------------------------------- one step
-
-def amp_setup(device):
-    """(autocast factory, GradScaler): bf16 on CUDA where supported (no scaling needed), else fp16 with a
-    GradScaler; off on CPU, where autocast would be slower than fp32."""
-    dtype = None
-    if device.type == 'cuda':
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler('cuda', enabled=dtype == torch.float16)
-    return (lambda: torch.autocast('cuda', dtype=dtype, enabled=dtype is not None)), scaler
-
-
-def train_step(model, disc, x, t, gan_on, amp, scaler, accum=1, decoder_only=False):
-    """Forward and backward of one micro-batch: the VQGAN's loss, then D's hinge loss when the GAN is on.
-
-    Returns the VQGAN's (loss, reconstruction, q_loss), detached. Gradients accumulate until optimiser_step.
-    With decoder_only the encoder and codebook run frozen (no dead-code restarts) and q_loss is 0.
-    """
-    with amp():
-        if decoder_only:
-            with torch.no_grad():
-                z_q = model.codebook.eval()(model.quant_conv(model.encoder(x)))[0]
-            x_hat, q_loss = model.decode(z_q), x.new_zeros(())
-        else:
-            x_hat, _, q_loss = model(x)
-        rec = t['l1_weight'] * (x_hat - x).abs().mean() + t['l2_weight'] * (x_hat - x).pow(2).mean()
-        if t['grad_weight']:
-            rec = rec + t['grad_weight'] * gradient_loss(x_hat, x)
-        loss = rec + q_loss
-        if gan_on:
-            disc.requires_grad_(False)  # the generator's GAN term must not touch D's gradients
-            g_loss = -disc(x_hat).mean()
-            disc.requires_grad_(True)
-            loss = loss + t['disc_weight'] * adaptive_weight(rec, g_loss, model.last_layer_weight()) * g_loss
-    if not torch.isfinite(loss):
-        raise NonFiniteLoss(f"non-finite loss ({loss.item()})")
-    scaler.scale(loss / accum).backward()
-    if gan_on:
-        with amp():
-            d_loss = 0.5 * (F.relu(1 - disc(x)).mean() + F.relu(1 + disc(x_hat.detach())).mean())  # hinge
-        scaler.scale(d_loss / accum).backward()
-    return loss.detach(), rec.detach(), q_loss.detach()
-
-
-def optimiser_step(opt, opt_d, scaler, gan_on):
-    scaler.step(opt)
-    if gan_on:
-        scaler.step(opt_d)
-    scaler.update()
-    opt.zero_grad(set_to_none=True)
-    opt_d.zero_grad(set_to_none=True)
-
-
 # ----------------------------------------------------------------------------- the run
 
 @dataclass
@@ -278,10 +203,8 @@ def build(cfg, t, seed, device, init_from=None, decoder_only=False):
         model.requires_grad_(False)
         for m in (model.post_quant_conv, model.decoder):
             m.requires_grad_(True)
-    disc = Discriminator(validate(load_config(t['disc_config']), t['disc_config'], DISCRIMINATOR)['model_param']).to(device)
-    opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=t['learning_rate'],
-                           betas=tuple(t['betas']), eps=1e-8)
-    opt_d = torch.optim.Adam(disc.parameters(), lr=t['learning_rate'], betas=tuple(t['betas']), eps=1e-8)
+    disc = training.discriminator(t, device)
+    opt, opt_d = training.vqgan_optimisers(model, disc, t)
     amp, scaler = amp_setup(device)
     return Run(model, disc, opt, opt_d, amp, scaler, torch.Generator().manual_seed(seed), decoder_only=decoder_only)
 

@@ -1,6 +1,6 @@
 """Training throughput of the transformer: cached tokens vs re-encoding every batch with the VQGAN.
 
-Both paths run the training script's own step (training_transformer.accumulate_grads + AdamW) on the
+Both paths run training's own step (training.accumulate_grads + AdamW, as training_transformer.py) on the
 same model in the same process; the re-encoding path first runs the frozen VQGAN on the batch's
 images, as a training loop without the token cache would. The two are timed in alternating rounds
 (median per step) so that load from other processes hits both alike. Random weights and images
@@ -18,7 +18,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script: the repo root
-import training_transformer as tt  # noqa: E402
+import training  # noqa: E402
 from benchmarks.flops import peak_tflops  # noqa: E402
 from models.maskgit import MaskGit  # noqa: E402
 from models.vqgan import VQGAN  # noqa: E402
@@ -46,19 +46,19 @@ def main():
     torch.manual_seed(0)
     vqgan = VQGAN(vq_p).to(device).eval().requires_grad_(False)
     raw = MaskGit(mp).to(device)
-    s = {**tt.config_train(cfg), 'batch_size': args.batch_size, 'accum_grad': 1}
-    opt = tt.make_optimizer(raw, s, device)
+    s = {**training.settings(cfg, 'transformer'), 'batch_size': args.batch_size, 'accum_grad': 1}
+    opt = training.make_optimizer(raw, s, device)
     b, n_tok, res = args.batch_size, raw.num_image_tokens, vq_p['img_resolution']
     images = torch.randn(b, 3, res, res, device=device)
     cached = torch.randint(0, raw.num_codebook_vectors, (b, n_tok), dtype=torch.int16)  # as the cache stores them
     order = torch.arange(b)
     cuda = device.type == 'cuda'
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    autocast, _ = tt.amp_setup(device, args.amp)
+    autocast, _ = training.amp_setup(device, args.amp)
 
     def step(i, encode):
         tokens = vqgan.encode_indices(images).cpu() if encode else cached
-        tt.accumulate_grads(raw, raw, tokens, order, 0, i, s, 0, 1, 0, device, autocast)
+        training.accumulate_grads(raw, raw, tokens, order, 0, i, s, 0, 1, 0, device, autocast)
         opt.step()
         opt.zero_grad(set_to_none=True)
 

@@ -14,9 +14,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script: the repo root
-from models.discriminator import Discriminator  # noqa: E402
+import training  # noqa: E402
 from models.vqgan import VQGAN  # noqa: E402
-from training_vqgan import TRAIN_DEFAULTS, amp_setup, optimiser_step, train_step  # noqa: E402
 from utils import load_config, resolve_device  # noqa: E402
 
 
@@ -41,19 +40,18 @@ def measure(config, args, device, train):
     p = cfg['model_param']
     torch.manual_seed(0)
     model = VQGAN(p).to(device)
-    t = {**TRAIN_DEFAULTS, **(cfg.get('train') or {})}
-    disc = Discriminator(load_config(t['disc_config'])['model_param']).to(device)
+    t = training.settings(cfg, 'vqgan')  # the config's train: over configs/VQGAN.yml's, as training_vqgan.py reads it
+    disc = training.discriminator(t, device)
     x = torch.randn(args.batch_size, p['image_channels'], p['img_resolution'], p['img_resolution'], device=device)
-    amp, scaler = amp_setup(device)
+    amp, scaler = training.amp_setup(device)
     out = dict(params=sum(q.numel() for q in model.parameters()) / 1e6)
     b = args.batch_size
     if train:
-        opt = torch.optim.Adam(model.parameters(), 1e-4)
-        opt_d = torch.optim.Adam(disc.parameters(), 1e-4)
+        opt, opt_d = training.vqgan_optimisers(model, disc, t)
         for gan_on in (False, True):
             def step():
-                train_step(model, disc, x, t, gan_on, amp, scaler)
-                optimiser_step(opt, opt_d, scaler, gan_on)
+                training.vqgan_train_step(model, disc, x, t, gan_on, amp, scaler)
+                training.optimiser_step(opt, opt_d, scaler, gan_on)
             out['train_gan' if gan_on else 'train'] = b / timed(step, args.steps, 1, device)
     model.eval()
     with torch.no_grad(), amp():

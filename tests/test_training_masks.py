@@ -8,6 +8,7 @@ import yaml
 from PIL import Image
 
 import prepare_dataset
+import training
 import training_encoder as te
 import training_transformer as tt
 from conftest import ROOT, TINY_VQ, K, N, run_args, tiny_mp
@@ -87,15 +88,15 @@ def test_hole_masking_stays_in_the_hole_and_follows_gamma():
 
 
 def test_hole_rows_mix_cached_holes_and_paper_masks():
-    r, scores, use, variant = tt.draw_masks(torch.Generator().manual_seed(0), 400, N, 0.5, 3)
+    r, scores, use, variant = training.draw_masks(torch.Generator().manual_seed(0), 400, N, 0.5, 3)
     assert 150 < use.sum() < 250 and set(variant.tolist()) == {0, 1, 2}   # ~half of 400 (binomial sd 10)
     context = torch.randint(0, K, (10, 3, N))
     holes = torch.rand(10, 3, N) < 0.4
     idx = torch.randint(0, 10, (400,))
-    region, ctx = tt.hole_rows(idx, use, variant, (context, holes))
+    region, ctx = training.hole_rows(idx, use, variant, (context, holes))
     assert torch.equal(region[use], holes[idx, variant][use]) and region[~use].all()
     assert torch.equal(ctx, context[idx, variant])
-    assert tt.hole_rows(idx, use, variant, None) == (None, None)
+    assert training.hole_rows(idx, use, variant, None) == (None, None)
 
 
 def test_context_outside_the_hole_is_what_the_model_reads():
@@ -210,7 +211,7 @@ def test_context_cache_is_the_masked_image_encoded_and_is_reused(lab, tmp_path):
 
 def test_encoder_script_resumes_bit_for_bit_and_names_a_missing_key(lab, tmp_path):
     small = load_config(ROOT / 'configs' / 'VQGAN_small.yml')['train_encoder']
-    assert set(small) == set(te.TRAIN_KEYS)                             # the config is the settings' one home
+    assert set(load_config(training.VQGAN_DEFAULTS)['train_encoder']) == set(te.TRAIN_KEYS)  # the defaults' one home
     enc = dict(small, epochs=2, batch_size=4, learning_rate=1e-3, mask_bank=16, run_dir=str(tmp_path / 'a'))
     cfg = {'model_param': TINY_VQ_L2, 'train_encoder': enc,
            'data': dict(train_path=str(lab / 'train'), val_path=str(lab / 'val'))}
@@ -224,7 +225,15 @@ def test_encoder_script_resumes_bit_for_bit_and_names_a_missing_key(lab, tmp_pat
     assert (resumed['epoch'], resumed['step']) == (2, 6)
     a, b = (load_checkpoint(tmp_path / run / 'last.pt') for run in 'ab')
     assert all(torch.equal(a['model'][k], b['model'][k]) for k in a['model'])
-    del cfg['train_encoder']['clean_frac']
-    (tmp_path / 'vq.yml').write_text(yaml.safe_dump(cfg))
-    with pytest.raises(ValueError, match=r"^config \S*vq\.yml: key train_encoder\.clean_frac is missing"):
-        te.main(base)
+    # a key the run's config leaves out takes configs/VQGAN.yml's value; a flag overrides both
+    del cfg['train_encoder']['clean_frac'], cfg['train_encoder']['epochs']
+    args = te.parse_args(['--epochs', '7'])
+    s = te.train_settings(cfg, args)
+    course = load_config(training.VQGAN_DEFAULTS)['train_encoder']
+    assert (s['clean_frac'], s['epochs'], s['tau']) == (course['clean_frac'], 7, enc['tau'])
+    # the defaults config must set every key: one missing is refused, naming the file and the key
+    bad = load_config(training.VQGAN_DEFAULTS)
+    del bad['train_encoder']['clean_frac']
+    (tmp_path / 'defaults.yml').write_text(yaml.safe_dump(bad))
+    with pytest.raises(ValueError, match=r"^config \S*defaults\.yml: key train_encoder\.clean_frac is missing"):
+        training.defaults(str(tmp_path / 'defaults.yml'), 'train_encoder', training.ENCODER_TRAIN)
