@@ -20,7 +20,7 @@ from PIL import Image
 
 import fullsize
 from dataset import denormalize, files_by_number, maskgit_stats, normalize, read_labels, tensor01_to_pil
-from models.decoding import CFG_SCHEDULES, SCHEDULES, DecodeSettings, decode, generate, image_seeds
+from models.decoding import CFG_SCHEDULES, ORDERS, SCHEDULES, DecodeSettings, decode, generate, image_seeds
 from models.decoding import _CONFIG_KEYS as DECODING_CONFIG_KEYS
 from models.maskgit import MaskGit, transformer_state_dict
 from models.masks import fill_holes, latent_mask, normalised_fill
@@ -60,6 +60,10 @@ def add_decoding_args(parser):
     parser.add_argument('--cfg-schedule', default=None, choices=CFG_SCHEDULES,
                         help=f"W over the steps (default {d.cfg_schedule}): constant, or linear from 0 at the first "
                              "step to W at the last")
+    parser.add_argument('--order', default=None, choices=ORDERS,
+                        help=f"which masked tokens a step reveals (default {d.order}): the most confident, or the next "
+                             "ones of a 2-D Halton sequence over the token grid (Halton-MaskGIT; the choice "
+                             "temperature then plays no part)")
     return parser
 
 
@@ -83,9 +87,13 @@ def add_model_args(parser, what='transformer checkpoint'):
 
 
 def unused_decoding_flag(args):
-    """The error of a decoding flag that would do nothing, or None: --cfg-schedule shapes a --cfg-scale > 0."""
+    """The error of a decoding flag that would do nothing, or None: --cfg-schedule shapes a --cfg-scale > 0;
+    --choice-temperature orders by confidence, not along --order halton."""
     if args.cfg_schedule is not None and not args.cfg_scale:
         return f"--cfg-schedule {args.cfg_schedule} shapes the guidance of --cfg-scale W > 0; give --cfg-scale"
+    if args.choice_temperature is not None and args.order == 'halton':
+        return (f"--choice-temperature {args.choice_temperature:g} shapes the confidence order; --order halton "
+                f"reveals tokens in a fixed order without it")
     return None
 
 

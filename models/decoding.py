@@ -5,14 +5,19 @@ labels, `logits_fn(tokens, labels [B])`, guided by classifier-free guidance (gui
 schedules gamma(r), r in [0, 1], live here too, as plain callables by name. Every decoding setting
 (and its one default) is a field of `DecodeSettings`. Randomness comes from a counter-based hash of
 (image seed, step, position, stream), so an image decodes to the same tokens whatever batch it is in.
+The order tokens are revealed in: by confidence (MaskGIT), or along a 2-D Halton sequence over the token
+grid (Besnier et al. 2025, Halton-MaskGIT), each image's sequence shifted on the torus by its own seed.
 """
+import functools
 import math
 from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
+from scipy.stats import qmc
 
 _M32 = 0xFFFFFFFF
-_SAMPLE, _GUMBEL = 1, 2  # the two random streams
+_SAMPLE, _GUMBEL, _SHIFT = 1, 2, 3  # the random streams: token sampling, choice noise, the Halton shift
 
 
 # ----------------------------------------------------------------------------- counter-based RNG
@@ -64,6 +69,7 @@ _GAMMAS = {
 
 SCHEDULES = tuple(_GAMMAS)  # the names --mask-func and the config's gamma_type accept
 CFG_SCHEDULES = ('constant', 'linear')  # the guidance scale over the steps (DecodeSettings.cfg_weight)
+ORDERS = ('confidence', 'halton')  # which masked tokens a step reveals (DecodeSettings.order)
 
 
 def gamma_func(mode):
@@ -102,6 +108,39 @@ def mask_schedule(n_unknown, total_iter, gamma):
     return torch.stack(counts)
 
 
+# ----------------------------------------------------------------------------- the Halton order
+
+@functools.lru_cache(maxsize=8)
+def _halton_cells(side):
+    """The cells y * side + x of a side x side grid in the order a 2-D Halton sequence (bases 2 and 3) first
+    visits them, int64 numpy [side**2]. The sequence starts at its index 1, (1/2, 1/3), as Halton-MaskGIT's."""
+    n = 8 * side * side
+    while True:  # enough points to visit every cell (about 4 per cell for 16 x 16)
+        pts = qmc.Halton(d=2, scramble=False).random(n + 1)[1:]                    # [n, 2] in [0, 1)
+        cells = (pts[:, 1] * side).astype(np.int64) * side + (pts[:, 0] * side).astype(np.int64)
+        _, first = np.unique(cells, return_index=True)
+        if len(first) == side * side:
+            return cells[np.sort(first)]
+        n *= 2
+
+
+def halton_ranks(seeds, num_tokens):
+    """Each token's place in its image's Halton order, [B, N] long (0 = revealed first): the grid's Halton
+    order shifted on the torus by (dy, dx) drawn from the image's seed (Halton-MaskGIT's random roll, so that
+    images do not all start at the same tokens; batch-independent like every stream here)."""
+    side = math.isqrt(num_tokens)
+    if side * side != num_tokens:
+        raise ValueError(f"--order halton needs a square token grid; the model has {num_tokens} tokens an image")
+    dev = seeds.device
+    rank = torch.empty(num_tokens, dtype=torch.long, device=dev)
+    rank[torch.from_numpy(_halton_cells(side)).to(dev)] = torch.arange(num_tokens, device=dev)  # [N] cell -> place
+    shift = (uniforms(seeds, 0, _SHIFT, 2) * side).long()                          # [B, 2] (dy, dx)
+    pos = torch.arange(num_tokens, device=dev)
+    y = (pos // side - shift[:, :1]) % side                                         # [B, N]
+    x = (pos % side - shift[:, 1:]) % side
+    return rank[y * side + x]
+
+
 # ----------------------------------------------------------------------------- settings
 
 _CONFIG_KEYS = {'total_iter': 'total_iter', 'mask_func': 'gamma_type', 'choice_temperature': 'choice_temperature',
@@ -135,6 +174,7 @@ class DecodeSettings:
     refine: int = 0                  # re-encode-and-decode rounds after the first (pipeline.Inpainter)
     cfg_scale: float = 0.0           # classifier-free guidance w: (1+w) cond - w uncond; 0 = off (one pass a step)
     cfg_schedule: str = 'constant'   # w over the steps, one of CFG_SCHEDULES (see cfg_weight)
+    order: str = 'confidence'        # tokens revealed by confidence, or along the Halton sequence (one of ORDERS)
 
     def __post_init__(self):
         checks = [
@@ -148,6 +188,7 @@ class DecodeSettings:
             ('--cfg-scale', self.cfg_scale, 'a number >= 0', _is_rate(self.cfg_scale)),
             ('--cfg-schedule', self.cfg_schedule, f"one of {', '.join(CFG_SCHEDULES)}",
              self.cfg_schedule in CFG_SCHEDULES),
+            ('--order', self.order, f"one of {', '.join(ORDERS)}", self.order in ORDERS),
         ]
         for flag, value, want, ok in checks:
             if not ok:
@@ -223,6 +264,45 @@ def _ranks(x):
     return torch.empty_like(order).scatter_(1, order, ar)
 
 
+def _checked_inputs(tokens, unknown, seeds, schedule, settings, labels, null_label, completed):
+    """decode's inputs on the tokens' device: (seeds [B], unknown [B, N], schedule [T, B], labels [B] or None,
+    the steps to run: T, or the sweet spot s); one-line errors for what cannot be decoded."""
+    B, N = tokens.shape
+    dev = tokens.device
+    seeds = torch.as_tensor(seeds, dtype=torch.int64, device=dev)
+    unknown = unknown.to(dev, torch.bool)
+    schedule = torch.as_tensor(schedule).to(dev)
+    if schedule.dim() != 2 or schedule.shape[1] != B:
+        raise ValueError(f"schedule has shape {tuple(schedule.shape)}; expected [T, {B}]")
+    T = schedule.shape[0]
+    check_total_iter(T, N)
+    s = settings.sweet_spot
+    n_steps = T if s <= 0 or s >= T else s
+    if completed and n_steps < T:
+        raise ValueError("decode: completed=True runs all steps; it needs sweet_spot <= 0 or >= total_iter")
+    labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long, device=dev)
+    if labels is not None and null_label is None and settings.cfg_scale > 0:
+        raise ValueError("decode: guidance (cfg_scale > 0) needs the null class id (null_label)")
+    return seeds, unknown, schedule, labels, n_steps
+
+
+def _confidence(full, masked, cur, seeds, t, T, settings, order):
+    """One step's choice: (pred [B, N]: the known tokens and a sample for every masked one, conf [B, N] float64:
+    +inf where known). full: the step's logits [B, N, K]. Confidence order: log p(sample) under softmax(logits)
+    + choice_temperature * (1 - r) * Gumbel, r = (t+1)/T; Halton order: minus the token's place in `order`."""
+    B, N = masked.shape
+    logits = full[masked]                                                           # [M, K]
+    sampled = _sample(logits, uniforms(seeds, t, _SAMPLE, N)[masked], settings.temperature)
+    conf = torch.full((B, N), math.inf, device=masked.device, dtype=torch.float64)
+    if order is None:
+        logp = torch.log_softmax(logits, -1).gather(1, sampled[:, None]).squeeze(1)  # [M]
+        gumbel = -torch.log(-torch.log(uniforms(seeds, t, _GUMBEL, N)[masked]))
+        conf[masked] = logp.double() + settings.choice_temperature * (1 - (t + 1) / T) * gumbel
+    else:
+        conf[masked] = -order[masked].double()  # earlier in the sequence = revealed sooner
+    return cur.masked_scatter(masked, sampled), conf
+
+
 @torch.no_grad()
 def decode(logits_fn, tokens, unknown, seeds, mask_id, schedule, settings, labels=None, null_label=None,
            completed=False):
@@ -235,7 +315,8 @@ def decode(logits_fn, tokens, unknown, seeds, mask_id, schedule, settings, label
     logits_fn(tokens). Step t (r = (t+1)/T): one pass of logits_fn (one batch of two halves when guided);
     the mask class is dropped; each unknown token is sampled from softmax(logits / settings.temperature); its
     confidence is log p(sampled) under the model's softmax(logits) plus choice_temperature * (1 - r) *
-    Gumbel noise; the schedule[t] least confident unknown tokens stay masked, the rest take their samples.
+    Gumbel noise (settings.order 'halton': minus its place in the image's Halton order, halton_ranks); the
+    schedule[t] least confident unknown tokens stay masked, the rest take their samples.
     sweet_spot s in 1..T-1 stops after step s and fills what is left with one more pass's argmax;
     otherwise all T steps run. settings.total_iter and mask_func are not read: the schedule has them.
     completed=True (all T steps only) also returns every sweet spot's result from this one decode: the fill
@@ -243,23 +324,11 @@ def decode(logits_fn, tokens, unknown, seeds, mask_id, schedule, settings, label
     = the state after step s with its still-masked tokens argmaxed from step s+1's logits, [T-1] = tokens.
     """
     B, N = tokens.shape
-    dev = tokens.device
     K = mask_id
-    seeds = torch.as_tensor(seeds, dtype=torch.int64, device=dev)
-    unknown = unknown.to(dev, torch.bool)
-    schedule = torch.as_tensor(schedule).to(dev)
+    seeds, unknown, schedule, labels, n_steps = _checked_inputs(tokens, unknown, seeds, schedule, settings, labels,
+                                                                null_label, completed)
     T = schedule.shape[0]
-    if schedule.dim() != 2 or schedule.shape[1] != B:
-        raise ValueError(f"schedule has shape {tuple(schedule.shape)}; expected [T, {B}]")
-    check_total_iter(T, N)
-    s = settings.sweet_spot
-    n_steps = T if s <= 0 or s >= T else s
-    if completed and n_steps < T:
-        raise ValueError("decode: completed=True runs all steps; it needs sweet_spot <= 0 or >= total_iter")
-    ct = settings.choice_temperature
-    labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long, device=dev)
-    if labels is not None and null_label is None and settings.cfg_scale > 0:
-        raise ValueError("decode: guidance (cfg_scale > 0) needs the null class id (null_label)")
+    order = halton_ranks(seeds, N) if settings.order == 'halton' else None          # [B, N] or None
 
     def logits_of(cur, t):
         logits = guided_logits(logits_fn, cur, labels, null_label, settings.cfg_weight(t, T))  # [B, N, K+1]
@@ -271,26 +340,16 @@ def decode(logits_fn, tokens, unknown, seeds, mask_id, schedule, settings, label
     cur = torch.where(masked, K, tokens)
     masks, steps, preds, done = [masked], [cur], [], []
     for t in range(n_steps):
-        r = (t + 1) / T
-        if t and completed:  # sweet spot t: step t's state ([t]), its masked tokens filled below or by argmax
+        if t and completed:  # sweet spot t: step t's state, its masked tokens argmaxed from this step's pass
             done.append(cur)
-        if not masked.any():  # nothing left to fill in any row: the pass would change nothing
-            masks.append(masked)
-            steps.append(cur)
-            preds.append(cur)
-            continue
-        full = logits_of(cur, t)                                                    # [B, N, K]
-        if t and completed:  # what the sweet-spot fill pass computes for s = t, from this same pass
-            done[-1] = torch.where(masked, full.argmax(-1), cur)
-        logits = full[masked]                                                       # [M, K]
-        sampled = _sample(logits, uniforms(seeds, t, _SAMPLE, N)[masked], settings.temperature)
-        logp = torch.log_softmax(logits, -1).gather(1, sampled[:, None]).squeeze(1)  # [M]
-        gumbel = -torch.log(-torch.log(uniforms(seeds, t, _GUMBEL, N)[masked]))
-        conf = torch.full((B, N), math.inf, device=dev, dtype=torch.float64)
-        conf[masked] = logp.double() + ct * (1 - r) * gumbel
-        pred = cur.masked_scatter(masked, sampled)                                  # [B, N]
-        masked = _ranks(conf) < schedule[t][:, None]   # least confident stay masked; known are +inf
-        cur = torch.where(masked, K, pred)
+        pred = cur
+        if masked.any():  # else nothing is left to fill in any row: the pass would change nothing
+            full = logits_of(cur, t)                                                # [B, N, K]
+            if t and completed:
+                done[-1] = torch.where(masked, full.argmax(-1), cur)
+            pred, conf = _confidence(full, masked, cur, seeds, t, T, settings, order)
+            masked = _ranks(conf) < schedule[t][:, None]  # least confident stay masked; known are +inf
+            cur = torch.where(masked, K, pred)
         masks.append(masked)
         steps.append(cur)
         preds.append(pred)
