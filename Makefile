@@ -14,6 +14,14 @@ DIR_openclipart := /usr/share/openclipart/png
 # the split the shipped pair was trained on (RESULTS.md "Leak-free splits"): no near-copy grouping, no held-out
 # classes; prepare_dataset.py's defaults build the leak-free split a model trained from scratch should use
 ARGS_openclipart := --near-dup-rms 0 --holdout-classes ''
+# the generalising model's data (issue 30): the leak-free openclipart split (prepare_dataset.py's defaults: near-copies
+# grouped, animals/tools/transportation held out) plus training-only clip art from Debian packages (RESULTS.md)
+SRC_clipart := openclipart
+PKG_clipart := openclipart-png oxygen-icon-theme gnome-icon-theme fonts-noto-color-emoji
+DIR_clipart := /usr/share/openclipart/png /usr/share/icons/oxygen/base/128x128 /usr/share/icons/gnome/256x256 \
+               /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
+ARGS_clipart := --extra-train /usr/share/icons/oxygen/base/128x128 --extra-train /usr/share/icons/gnome/256x256 \
+                --extra-train noto-emoji
 PKG_fashion-mnist := dataset-fashion-mnist
 DIR_fashion-mnist := /usr/share/datasets/fashion-mnist
 # 600 val images (RESULTS.md); the test split is the official test set's either way
@@ -47,16 +55,16 @@ test: setup browser
 data: setup $(DATA)/test_gt.csv
 
 $(DATA)/test_gt.csv:
-	@if [ ! -d $(DIR_$(SOURCE)) ]; then \
+	@if ! ls -d $(DIR_$(SOURCE)) >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "==> data: installing the Debian package $(PKG_$(SOURCE))"; \
-	    apt-get update -qq && apt-get install -y -qq $(PKG_$(SOURCE)); \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(PKG_$(SOURCE)); \
 	  else \
 	    echo "$(PKG_$(SOURCE)) is missing; run: sudo apt-get update && sudo apt-get install -y $(PKG_$(SOURCE))"; exit 1; \
 	  fi; \
 	fi
 	@echo "==> data: building $(DATA) from $(DIR_$(SOURCE)) (course layout, 64x64)"
-	$(PY) prepare_dataset.py --source $(SOURCE) --out $(DATA) --overwrite $(ARGS_$(SOURCE))
+	$(PY) prepare_dataset.py --source $(or $(SRC_$(SOURCE)),$(SOURCE)) --out $(DATA) --overwrite $(ARGS_$(SOURCE))
 
 demo: data
 	@echo "==> demo: inpainting the $(DATA) test split with the shipped checkpoints ($(CONFIG))"

@@ -26,7 +26,7 @@ import warnings
 from multiprocessing import Pool
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from dataset import IMAGE_EXTS, MASK_FILL, rgb_over_white, write_gt_csv
@@ -37,6 +37,15 @@ OPENCLIPART_DIR = '/usr/share/openclipart/png'
 # --holdout-classes default for openclipart: animals, vehicles and hand tools, varied drawings of their own (RESULTS.md)
 OPENCLIPART_HOLDOUT = 'animals,tools,transportation'
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
+NOTO_EMOJI_FONT = '/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf'  # Debian fonts-noto-color-emoji (OFL-1.1)
+# Single-code-point emoji blocks rendered by --extra-train noto-emoji (sequences need a shaper: left out)
+EMOJI_RANGES = ((0x2600, 0x27BF), (0x1F300, 0x1F5FF), (0x1F600, 0x1F64F), (0x1F680, 0x1F6FF),
+                (0x1F900, 0x1F9FF), (0x1FA70, 0x1FAFF))
+# ... less the subjects of OPENCLIPART_HOLDOUT (animals, vehicles, hand tools), so that they stay unseen in training
+EMOJI_SKIP = (set(range(0x1F400, 0x1F440)) | set(range(0x1F980, 0x1F9AF)) | set(range(0x1FAB0, 0x1FAC0)) |
+              set(range(0x1F680, 0x1F6FF)) | {0x1F54A, 0x1F577, 0x1F578, 0x1FACE, 0x1FACF, 0x26F4, 0x26F5, 0x2708,
+                                              0x1F3CD, 0x1F3CE, 0x1F527, 0x1F528, 0x1F529, 0x2692, 0x2694, 0x26CF,
+                                              0x1FA93, 0x1FA9A, 0x1FA9B, 0x1FA9C, 0x1F5E1})
 FASHION_MNIST_LABELS = ['t-shirt/top', 'trouser', 'pullover', 'dress', 'coat',
                         'sandal', 'shirt', 'sneaker', 'bag', 'ankle boot']
 
@@ -152,6 +161,62 @@ def folder_records(items, size, max_pixels, workers, counts, root):
                 yield pixels, label, None, os.path.relpath(path, root)
             else:
                 counts[status] += 1
+
+
+def emoji_records(size, font_path=NOTO_EMOJI_FONT):
+    """Yield (pixels, None, None, None) for every single-code-point emoji the colour font draws (blank ones skipped)."""
+    if not os.path.isfile(font_path):
+        raise FileNotFoundError(f"emoji font not found: {font_path} "
+                                f"(install it with: apt-get install -y fonts-noto-color-emoji)")
+    font = ImageFont.truetype(font_path, 109)  # the size of the font's bitmap strikes
+    for a, b in EMOJI_RANGES:
+        for cp in sorted(set(range(a, b + 1)) - EMOJI_SKIP):
+            img = Image.new('RGBA', (136, 128), (0, 0, 0, 0))
+            ImageDraw.Draw(img).text((0, 0), chr(cp), font=font, embedded_color=True)
+            box = img.getbbox()
+            if box is not None:  # no glyph: nothing drawn
+                yield np.asarray(to_square_rgb(img.crop(box), size)), None, None, None
+
+
+def extra_sources(args, counts):
+    """--extra-train sources -> records iterator (no labels, no source paths); one-line error for a missing one."""
+    its = []
+    for src in args.extra_train:
+        if src == 'noto-emoji':
+            its.append(emoji_records(args.image_size))
+            continue
+        root = os.path.abspath(src)
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"--extra-train folder not found: {src}")
+        items = [(p, None) for p, _ in list_source_files(root)]
+        if not items:
+            raise ValueError(f"--extra-train: no images found under {src}")
+        its.append((px, None, None, None) for px, *_ in
+                   folder_records(items, args.image_size, args.max_pixels, args.workers, counts, root))
+    return (r for it in its for r in it)
+
+
+def add_extra_train(args, pixels, labels, sources, members, counts):
+    """Training-only images of --extra-train into pixels/labels/sources and members['train']: exact copies of any
+    image dropped, and, so that no evaluation split gains a near-copy in training, every one within
+    --near-dup-rms of a val/test/holdout image. -> (added, dropped as near-copies)"""
+    extra = {}
+    for px, *_ in extra_sources(args, counts):
+        h = hashlib.sha256(px.tobytes()).hexdigest()
+        if h in pixels or h in extra:
+            counts['duplicates'] += 1
+            continue
+        extra[h] = px
+    order = hash_order(list(extra), args.seed)
+    held = members['val'] + members['test'] + members['holdout']
+    near = np.zeros(len(order), bool)
+    if args.near_dup_rms > 0 and order and held:
+        near = nearest_rms(grey(extra, order), grey(pixels, held)) < args.near_dup_rms
+    kept = [h for h, n in zip(order, near) if not n]
+    for h in kept:
+        pixels[h], labels[h], sources[h] = extra[h], None, None
+    members['train'] = members['train'] + kept
+    return len(kept), int(near.sum())
 
 
 def source_root(args):
@@ -358,7 +423,8 @@ def write_split(tmp, split, hashes, pixels, labels, label_map, args, written):
 
 def build(args):
     out, root = os.path.abspath(args.out), source_root(args)
-    check_out(out, root, args.overwrite)
+    for r in [root] + [os.path.abspath(e) for e in args.extra_train if e != 'noto-emoji']:
+        check_out(out, r, args.overwrite)
     counts = {'too_large': 0, 'unreadable': 0, 'duplicates': 0}
     records, known = open_source(args, root, counts)
     holdout = holdout_classes(args, known)
@@ -370,6 +436,7 @@ def build(args):
     groups = near_dup_groups(pixels, order, 0 if fashion else args.near_dup_rms)
     members = assign_splits(groups, labels, official if fashion else None, holdout, args.test_count, args.val_frac)
     merged = [g for g in groups if len(g) > 1]
+    extra, extra_near = add_extra_train(args, pixels, labels, sources, members, counts) if args.extra_train else (0, 0)
 
     tmp = out + '.tmp'
     _remove(tmp)  # left over from a crashed run: never reused
@@ -381,6 +448,7 @@ def build(args):
                'classes': len({l for l in labels.values() if l is not None}), 'holdout_classes': sorted(holdout),
                'near_dup_rms': args.near_dup_rms, 'near_dup_groups': len(merged),
                'near_dup_images': sum(map(len, merged)), 'holdout_dropped': len(members['dropped']),
+               'extra_train': extra, 'extra_near_dropped': extra_near, 'extra_sources': args.extra_train,
                'test_near_train': cross_split_near(pixels, members, args.near_dup_rms) if fashion else None,
                'mean_hole_fraction': float(np.mean(fracs['test'])), 'seed': args.seed, **counts}
     with open(os.path.join(tmp, 'labels.json'), 'w') as f:
@@ -419,6 +487,10 @@ def parse_args(argv=None):
                         'their images that are near-copies of another class\'s are dropped from every split; '
                         f"default for --source openclipart: "
                         f"{OPENCLIPART_HOLDOUT or 'none'}, none otherwise; '' disables")
+    p.add_argument('--extra-train', action='append', default=[], metavar='SRC',
+                   help="more training-only images (repeatable): a folder, or 'noto-emoji' (Debian "
+                        "fonts-noto-color-emoji's glyphs); unlabelled (the null class), never in val/test/holdout; "
+                        "each one within --near-dup-rms of a val/test/holdout image is dropped")
     p.add_argument('--workers', type=int, default=max(1, min(4, os.cpu_count() or 1)))
     p.add_argument('--fashion-mnist-dir', default=FASHION_MNIST_DIR)
     p.add_argument('--overwrite', action='store_true', help='replace a non-empty output folder')
@@ -429,6 +501,12 @@ def parse_args(argv=None):
         p.error(f"--val-frac must be in [0, 1), got {args.val_frac}")
     if args.test_count < 1 or args.image_size < 8:
         p.error("--test-count must be >= 1 and --image-size >= 8")
+    for src in args.extra_train:  # before any decoding
+        if src == 'noto-emoji' and not os.path.isfile(NOTO_EMOJI_FONT):
+            p.error(f"--extra-train noto-emoji: font not found: {NOTO_EMOJI_FONT} "
+                    f"(install it with: apt-get install -y fonts-noto-color-emoji)")
+        if src != 'noto-emoji' and not os.path.isdir(src):
+            p.error(f"--extra-train folder not found: {src}")
     if args.near_dup_rms < 0:
         p.error(f"--near-dup-rms must be >= 0, got {args.near_dup_rms}")
     return args
@@ -447,6 +525,9 @@ def summary_line(s, seconds):
     else:
         near = (f"near-duplicates: {s['near_dup_groups']} groups of 2+ images ({s['near_dup_images']} images) "
                 f"kept inside one split, RMS < {s['near_dup_rms']:g}")
+    if s.get('extra_train'):
+        line += (f"\nextra training images: {s['extra_train']} from {', '.join(s['extra_sources'])} "
+                 f"({s['extra_near_dropped']} dropped: near-copies of val/test/holdout images)")
     held = (f"; held out: {', '.join(s['holdout_classes'])} ({s['holdout_dropped']} of their images dropped: "
             f"near-copies of other classes' images)") if s['holdout_classes'] else ''
     return f"{line}\n{near}{held}"

@@ -530,3 +530,70 @@ def test_default_holdout_only_for_openclipart():
     assert pd.holdout_classes(pd.parse_args(['--source', 'some/folder']), known) == set()
     assert pd.holdout_classes(pd.parse_args(['--source', 'openclipart']), known) == set(known[2:])
     assert pd.holdout_classes(pd.parse_args(['--source', 'openclipart', '--holdout-classes', '']), known) == set()
+
+
+# ----------------------------------------------------------------------------- --extra-train
+
+def test_extra_train_adds_only_to_train_and_drops_near_copies_of_evaluated_images(near_source, tmp_path, capsys):
+    src, files = near_source
+    base, out = tmp_path / 'base', tmp_path / 'out'
+    assert build(src, base) == 0
+    where = split_of_each(base, files)
+    held_out = [g[0] for g in files if where[g[0]] in ('val', 'test')][:3]
+    trained = next(g[0] for g in files if where[g[0]] == 'train')
+    extra = tmp_path / 'extra' / 'sub'
+    extra.mkdir(parents=True)
+    rng = np.random.default_rng(7)
+    new = [drawing(rng) for _ in range(4)]
+    for i, a in enumerate(new):
+        Image.fromarray(a).save(extra / f'new{i}.png')
+    for i, f in enumerate(held_out):  # a 2-level recolour of a val/test image: a near-copy, must not train
+        a = np.asarray(Image.open(f).convert('RGB')).astype(int)
+        Image.fromarray(np.clip(a + 2, 0, 255).astype(np.uint8)).save(extra / f'near{i}.png')
+    Image.open(trained).save(extra / 'copy.png')  # an exact copy of a training image: a duplicate
+    assert build(src, out, '--extra-train', str(tmp_path / 'extra')) == 0
+    assert 'extra training images: 4 from' in capsys.readouterr().out
+    for split in ('val', 'test', 'mask64', 'val_mask64', 'masked_image'):  # the evaluated splits do not move
+        assert sorted(os.listdir(out / split)) == sorted(os.listdir(base / split))
+        for n in os.listdir(base / split):
+            assert (out / split / n).read_bytes() == (base / split / n).read_bytes()
+    assert (out / 'test_gt.csv').read_bytes() == (base / 'test_gt.csv').read_bytes()
+    n_base = len(os.listdir(base / 'train'))
+    train = sorted(os.listdir(out / 'train'))
+    assert len(train) == n_base + 4
+    for n in sorted(os.listdir(base / 'train')):  # the openclipart-like part first, unchanged
+        assert (out / 'train' / n).read_bytes() == (base / 'train' / n).read_bytes()
+    added = {read_png(out / 'train' / n)[1].tobytes() for n in train[n_base:]}
+    assert added == {np.asarray(pd.to_square_rgb(Image.fromarray(a), 32)).tobytes() for a in new}
+    labels = json.loads((out / 'labels.json').read_text())
+    assert [labels[f'train/{n}'] for n in train[n_base:]] == [None] * 4  # unlabelled: the null class
+    s = json.loads((out / 'summary.json').read_text())
+    assert (s['extra_train'], s['extra_near_dropped'], s['train']) == (4, 3, n_base + 4)
+
+
+def test_missing_extra_train_folder_is_a_one_line_error_before_any_work(near_source, tmp_path, capsys):
+    src, _ = near_source
+    with pytest.raises(SystemExit):
+        build(src, tmp_path / 'out', '--extra-train', str(tmp_path / 'nowhere'))
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert '--extra-train folder not found' in err and 'nowhere' in err and not (tmp_path / 'out').exists()
+
+
+@pytest.mark.skipif(not os.path.isfile(pd.NOTO_EMOJI_FONT), reason='fonts-noto-color-emoji not installed')
+def test_noto_emoji_renders_distinct_glyphs_without_the_holdout_subjects():
+    imgs = list(pd.emoji_records(16))
+    assert len(imgs) > 1000  # Debian 12's font: 1,035 single-code-point colour emoji once the skipped are out
+    px = np.stack([r[0] for r in imgs])                        # [N, 16, 16, 3]
+    assert px.shape[1:] == (16, 16, 3) and all(r[1:] == (None, None, None) for r in imgs)
+    assert (px.reshape(len(px), -1).min(1) < 255).all()  # every one draws something on the white page
+    assert len({a.tobytes() for a in px}) > 0.9 * len(px)
+    assert 0x1F98A in pd.EMOJI_SKIP and 0x1F68C in pd.EMOJI_SKIP  # fox, bus: the holdout's subjects left out
+
+
+def test_out_inside_an_extra_train_folder_is_refused(near_source, tmp_path, capsys):
+    src, _ = near_source
+    extra = tmp_path / 'extra'
+    extra.mkdir()
+    Image.fromarray(drawing(np.random.default_rng(1))).save(extra / 'x.png')
+    assert build(src, extra / 'built', '--extra-train', str(extra)) == 2
+    assert 'source folder' in capsys.readouterr().err and os.listdir(extra) == ['x.png']
