@@ -29,8 +29,9 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script: the repo root
 import pipeline  # noqa: E402
-from benchmarks.common import SPLITS, fid_of, gt_stats, hole_errors, load_images, split_data  # noqa: E402
+from benchmarks.common import FID_DIMS, SPLITS, fid_of, gt_stats, hole_errors, load_images, split_data  # noqa: E402
 from dataset import denormalize, maskgit_stats, normalize, tensor01_to_pil  # noqa: E402
+from fid.score import small_set_note  # noqa: E402
 from models.baselines import have_opencv, mean_fill, opencv_fill  # noqa: E402
 from plots import save_grid  # noqa: E402
 from utils import atomic_open, atomic_save_image, resolve_device  # noqa: E402
@@ -73,8 +74,7 @@ def parse_runs(specs, seed=None):
     return runs
 
 
-@torch.no_grad()  # not set_grad_enabled(False): a caller's (a test's) grad mode survives
-def main(argv=None):
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--split', choices=SPLITS, default='val',
                    help='val: every choice is made here; test: report; holdout: the held-out categories')
@@ -95,15 +95,18 @@ def main(argv=None):
                         "writes it (e.g. DATA/labels.json), its keys of --split matched by image number (a "
                         "conditional checkpoint; --cfg-scale in a run guides towards it); baselines are unaffected")
     a = p.parse_args(argv)
-    baselines = list(BASELINES) if a.baselines == ['all'] else a.baselines
-    bad = [b for b in baselines if b not in BASELINES]
+    a.baselines = list(BASELINES) if a.baselines == ['all'] else a.baselines
+    bad = [b for b in a.baselines if b not in BASELINES]
     if bad:
         p.error(f"--baselines: unknown {bad[0]}; choose from {', '.join(BASELINES)} or all")
-    if {'telea', 'navier_stokes'} & set(baselines) and not have_opencv():
+    if {'telea', 'navier_stokes'} & set(a.baselines) and not have_opencv():
         p.error("the OpenCV baselines need opencv-python-headless: pip install -r requirements-dev.txt")
-    out_dir = a.out or os.path.join('results', f'eval_{a.split}')
-    runs = parse_runs(a.runs, a.seed)
-    device = resolve_device(None if a.device == 'auto' else a.device)
+    a.out = a.out or os.path.join('results', f'eval_{a.split}')
+    return a
+
+
+def setup(a, runs, device):
+    """(model, decoding settings per run, mean, std, split data, gt files, labels): every check before any output."""
     model, cfg = pipeline.load_maskgit(a, device, transformer=bool(runs))  # baselines alone: no transformer
     settings = {}
     for name, (_, ns) in runs.items():  # the config's values and the model's bounds on the run's flags
@@ -114,70 +117,75 @@ def main(argv=None):
     mean, std = maskgit_stats(cfg)
     try:
         data, gt_files = split_data(a.data, a.split, mean, std, a.partial)
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"error: {e}")
-    try:  # a run's --cfg-scale and --labels refused in one line on an unconditional model, before any output
-        for s in settings.values():
+        for s in settings.values():  # a run's --cfg-scale and --labels refused in one line on an unconditional model
             pipeline.class_label(model, s, None, a.MaskGitConfig)
         label = a.labels and pipeline.image_labels(model, a.labels, SPLITS[a.split][2], data, a.MaskGitConfig)
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: {e}")
+    return model, settings, mean, std, data, gt_files, label
+
+
+def fill_split(name, inp, model, loader, gt_all, folder, mean, std, device):
+    """Fill every image of the split with one run (`inp`, an Inpainter) or baseline (inp None), write them to
+    `folder`; (per-image hole L1 [N], hole PSNR [N], the first batch's masked inputs and outputs)."""
+    l1s, psnrs, first, pos = [], [], None, 0
+    for imgs, masks, ids in loader:
+        imgs, masks = imgs.to(device), masks.to(device)
+        gt = gt_all[pos:pos + len(ids)].to(device)
+        out = inp.final(imgs, masks, inp(imgs, masks, ids)) if inp else baseline(name, model, imgs, masks, gt, mean, std)
+        for x, f in zip(out, loader.dataset.images[pos:pos + len(ids)]):
+            atomic_save_image(tensor01_to_pil(x), os.path.join(folder, os.path.basename(f)))
+        pos += len(ids)
+        l1, psnr = hole_errors(out.float(), gt, masks)
+        l1s.append(l1.cpu())
+        psnrs.append(psnr.cpu())
+        if first is None:
+            first = (denormalize(imgs, mean, std)[:COMPARE_ROWS].cpu(), out[:COMPARE_ROWS].float().cpu())
+    return torch.cat(l1s), torch.cat(psnrs), first
+
+
+@torch.no_grad()  # not set_grad_enabled(False): a caller's (a test's) grad mode survives
+def main(argv=None):
+    a = parse_args(argv)
+    runs = parse_runs(a.runs, a.seed)
+    device = resolve_device(None if a.device == 'auto' else a.device)
+    model, settings, mean, std, data, gt_files, label = setup(a, runs, device)
     gt_all = load_images(gt_files)                                                      # [N, 3, H, W]
     try:
-        stats = gt_stats(out_dir, a.split, gt_files, gt_all, os.path.join(a.data, f'{a.split}_gt.csv')
+        stats = gt_stats(a.out, a.split, gt_files, gt_all, os.path.join(a.data, f'{a.split}_gt.csv')
                          if a.partial == 1 else None, device)
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: {e}")
     if a.partial < 1:  # the subset's ground truth as a folder, e.g. for fid_bootstrap.py --gt
         for f, x in zip(gt_files, gt_all):
-            atomic_save_image(tensor01_to_pil(x), os.path.join(out_dir, 'gt', os.path.basename(f)))
+            atomic_save_image(tensor01_to_pil(x), os.path.join(a.out, 'gt', os.path.basename(f)))
     loader = DataLoader(data, batch_size=a.batch_size, shuffle=False)
-
-    results_path = os.path.join(out_dir, 'results.json')
+    results_path = os.path.join(a.out, 'results.json')
     results = {}
     if os.path.isfile(results_path):  # earlier calls' runs are kept, so a sweep can be extended
         with open(results_path) as f:
             results = json.load(f)
-    shown_rows, first = {}, None
-    todo = list(settings.items()) + [(b, None) for b in baselines]
+    shown, masked = {}, None
+    todo = list(settings.items()) + [(b, None) for b in a.baselines]
     for name, run_settings in tqdm(todo, desc=f'runs on {a.split}'):
-        folder = os.path.join(out_dir, name)
-        t0 = time.time()
+        folder, t0 = os.path.join(a.out, name), time.time()
         inp = run_settings and pipeline.Inpainter(model, run_settings, mean, std, paste_known=True, label=label)
-        l1s, psnrs, pos = [], [], 0
-        for imgs, masks, ids in loader:
-            imgs, masks = imgs.to(device), masks.to(device)
-            gt = gt_all[pos:pos + len(ids)].to(device)
-            pos += len(ids)
-            if inp is not None:
-                out = inp.final(imgs, masks, inp(imgs, masks, ids))
-            else:
-                out = baseline(name, model, imgs, masks, gt, mean, std)
-            for x, f in zip(out, data.images[pos - len(ids):pos]):
-                atomic_save_image(tensor01_to_pil(x), os.path.join(folder, os.path.basename(f)))
-            l1, psnr = hole_errors(out.float(), gt, masks)
-            l1s.append(l1.cpu())
-            psnrs.append(psnr.cpu())
-            if first is None:
-                first = (denormalize(imgs, mean, std)[:COMPARE_ROWS].cpu(), gt[:COMPARE_ROWS].cpu())
-            if name not in shown_rows:
-                shown_rows[name] = out[:COMPARE_ROWS].float().cpu()
+        l1, psnr, (masked, shown[name]) = fill_split(name, inp, model, loader, gt_all, folder, mean, std, device)
         seconds = time.time() - t0
         fid = fid_of(folder, stats, device)
-        results[name] = dict(fid=fid, hole_l1=torch.cat(l1s).mean().item(), hole_psnr=torch.cat(psnrs).mean().item(),
+        results[name] = dict(fid=fid, hole_l1=l1.mean().item(), hole_psnr=psnr.mean().item(),
                              flags=runs[name][0] if run_settings else None, labels=a.labels if run_settings else None,
                              split=a.split, images=len(data), seconds=round(seconds, 1))
         tqdm.write(f"{name}: FID {fid:.2f}, hole L1 {results[name]['hole_l1']:.2f}, "
                    f"hole PSNR {results[name]['hole_psnr']:.2f} dB ({seconds:.0f} s)")
         with atomic_open(results_path) as f:
             json.dump(results, f, indent=1)
-    report(results, out_dir)
-    if first is not None:  # rows: masked input | each run of this call | ground truth
-        cols = [first[0]] + list(shown_rows.values()) + [first[1]]
-        grid = torch.stack(cols, 1).flatten(0, 1)
-        save_grid(grid, os.path.join(out_dir, 'compare.png'), nrow=len(cols), scale=2,
-                  col_labels=['masked input'] + list(shown_rows) + ['ground truth'])
-        print(f"columns of {os.path.join(out_dir, 'compare.png')}: input | {' | '.join(shown_rows)} | ground truth")
+    report(results, a.out)
+    if masked is not None:  # rows: masked input | each run of this call | ground truth
+        cols = [masked] + list(shown.values()) + [gt_all[:len(masked)]]
+        save_grid(torch.stack(cols, 1).flatten(0, 1), os.path.join(a.out, 'compare.png'), nrow=len(cols), scale=2,
+                  col_labels=['masked input'] + list(shown) + ['ground truth'])
+        print(f"columns of {os.path.join(a.out, 'compare.png')}: input | {' | '.join(shown)} | ground truth")
 
 
 def report(results, out_dir):
@@ -188,6 +196,8 @@ def report(results, out_dir):
         flags += ' (true classes)' if r.get('labels') else ''   # results of older calls have no labels key
         rows.append(f"| {n} | {flags} | {r['fid']:.2f} | {r['hole_l1']:.2f} | "
                     f"{r['hole_psnr']:.2f} | {r['images']} | {r['split']} |")
+    notes = {small_set_note(r['images'], FID_DIMS) for r in results.values()} - {None}
+    rows += [''] + sorted(notes) if notes else []   # e.g. "note: FID of 747 images, fewer than the 2048 features ..."
     with atomic_open(os.path.join(out_dir, 'table.md')) as f:
         f.write('\n'.join(rows) + '\n')
     print('\n'.join(rows))

@@ -215,6 +215,15 @@ def _frechet_distance(mu1, sigma1, mu2, sigma2, device):
 
 # ----------------------------------------------------------------------------- API, CLI
 
+def small_set_note(n, dims=2048):
+    """The caveat of an FID over fewer images than Inception features, or None. The covariance of n < dims images is
+    rank-deficient, and FID's bias grows as n shrinks: such a figure compares only with FIDs of as many images."""
+    if n >= dims:
+        return None
+    return (f"note: FID of {n} images, fewer than the {dims} features: biased upward and noisy; compare it only "
+            f"with FIDs of {n} images (pytorch-fid advises at least {dims})")
+
+
 def default_workers():
     return min(8, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1)
 
@@ -261,6 +270,9 @@ def _fid(predicted, gt, batch_size=50, num_workers=None, device=None, dims=2048,
         print(f"warning: {len(images_pred[0])} predicted images ({predicted}) but {len(images_gt[0])} "
               f"ground-truth images ({gt}): a short CSV or stale files? The FID compares sets of different sizes",
               file=sys.stderr)
+    n_pred = len(images_pred[0]) if images_pred[0] is not None else None
+    if n_pred is not None and small_set_note(n_pred, dims):
+        print(small_set_note(n_pred, dims), file=sys.stderr)
     stats_gt = statistics_of(gt, model_fn, batch_size, num_workers, device, dims, images=images_gt)
     stats_pred = statistics_of(predicted, model_fn, batch_size, num_workers, device, dims, images=images_pred)
     fid = frechet_distance(*stats_pred, *stats_gt, device=device)

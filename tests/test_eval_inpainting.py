@@ -90,7 +90,8 @@ def test_decoding_runs_and_baselines_score_finite_and_exact_copies_zero(lab, tmp
         assert res[name]['hole_l1'] == pytest.approx(naive.mean(), rel=1e-5) and res[name]['hole_l1'] > 0
         assert res[name]['fid'] > 0
     table = (out / 'table.md').read_text().splitlines()
-    assert [row.split(' | ')[0] for row in table[2:]][0] == '| mean_fill' and len(table) == 2 + len(res)
+    assert [row.split(' | ')[0] for row in table[2:]][0] == '| mean_fill' and len(table) == 2 + len(res) + 2
+    assert table[-1].startswith(f'note: FID of {N_IMAGES} images, fewer than the 2048 features')  # the small-set caveat
 
 
 def test_statistics_of_a_rebuilt_dataset_are_not_reused(lab, tmp_path, pooled_fid, one_thread):

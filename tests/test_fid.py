@@ -225,6 +225,17 @@ def test_sets_of_different_sizes_are_warned_about(tmp_path, weights, capsys):
     assert 'warning' not in capsys.readouterr().err
 
 
+def test_fid_of_fewer_images_than_features_carries_a_note(tmp_path, weights, capsys):
+    """An FID of 5 images is printed with its caveat (stderr, one line); 64 images at dims 64 are not."""
+    assert fs.small_set_note(64, 64) is None and fs.small_set_note(2048) is None
+    pred = str(write_folder(tmp_path / 'pred', rand_images(5, seed=1)))
+    fs.main(['--predicted-path', pred, '--gt-path', pred, '--dims', '64', '--num-workers', '0', '--device', 'cpu'])
+    out = capsys.readouterr()
+    notes = [line for line in out.err.splitlines() if line.startswith('note')]
+    assert out.out.startswith('FID: ') and notes == [fs.small_set_note(5, 64)]
+    assert 'FID of 5 images' in out.err and 'compare it only with FIDs of 5 images' in out.err
+
+
 def test_nan_statistics_or_fid_are_errors_not_a_value(tmp_path, monkeypatch, capsys):
     good, bad = write_stats(tmp_path / 'good.npz'), write_stats(tmp_path / 'bad.npz', nan=True)
     with pytest.raises(SystemExit) as e:
