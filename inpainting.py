@@ -304,7 +304,7 @@ def save_schedules(inp, imgs, masks, ids, out, final, path):
 
 def region_keep(args, vqgan):
     """The pixels --outpaint or --box keep, [1, H, W] float (1 = keep), or None without them."""
-    res, factor = vqgan.img_resolution, vqgan.img_resolution // vqgan.latent_resolution
+    res, factor = vqgan.img_resolution, vqgan.factor
     if args.outpaint:
         return outpaint_keep(args.outpaint, res, factor)
     return None if args.box is None else box_keep(args.box, res, factor)

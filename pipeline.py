@@ -223,7 +223,7 @@ class Inpainter:
         self.model, self.settings, self.mean, self.std, self.paste_known = model, settings, mean, std, paste_known
         self.label = label
         self.vqgan = model.vqgan
-        self.factor = self.vqgan.img_resolution // self.vqgan.latent_resolution
+        self.factor = self.vqgan.factor
         self.device = next(model.parameters()).device
         self.amp = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp)
 

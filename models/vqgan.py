@@ -233,6 +233,7 @@ class VQGAN(nn.Module):
         self.num_codebook_vectors = p['num_codebook_vectors']
         self.latent_resolution = p['latent_resolution']
         self.img_resolution = p['img_resolution']
+        self.factor = 2 ** _num_scales(p)  # pixels per token side, checked a power of two
         self.latent_dim = p['latent_dim']
         self.encoder = Encoder(p)
         self.decoder = Decoder(p)
