@@ -19,6 +19,7 @@ TRAIN_STD = (0.2602, 0.2518, 0.2537)
 TEST_MEAN = (0.4868, 0.4341, 0.3844)
 TEST_STD = (0.2620, 0.2527, 0.2543)
 MASK_FILL = (128, 128, 128)  # colour of the holes in the course's masked images
+OPENCLIPART_DIR = '/usr/share/openclipart/png'  # Debian openclipart-png
 IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp')
 
 
@@ -87,6 +88,16 @@ def rgb_over_white(img):
     img = img.convert('RGBA')  # applies palette/greyscale transparency (tRNS) too
     white = Image.new('RGBA', img.size, (255, 255, 255, 255))
     return Image.alpha_composite(white, img).convert('RGB')
+
+
+def to_square_rgb(img, size):
+    """Any PIL image -> RGB `size` x `size`: alpha over white, padded (white) to square, antialiased resize."""
+    img = rgb_over_white(img)
+    w, h = img.size
+    side = max(w, h)
+    canvas = Image.new('RGB', (side, side), (255, 255, 255))
+    canvas.paste(img, ((side - w) // 2, (side - h) // 2))
+    return canvas.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
 def upright(img):

@@ -29,11 +29,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from dataset import IMAGE_EXTS, MASK_FILL, rgb_over_white, write_gt_csv
+from dataset import IMAGE_EXTS, MASK_FILL, OPENCLIPART_DIR, rgb_over_white, to_square_rgb, write_gt_csv
 from models.masks import make_mask, mask_rng
 from neardup import near_groups, nearest_rms, small_grey
 
-OPENCLIPART_DIR = '/usr/share/openclipart/png'
 # --holdout-classes default for openclipart: animals, vehicles and hand tools, varied drawings of their own (RESULTS.md)
 OPENCLIPART_HOLDOUT = 'animals,tools,transportation'
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
@@ -51,16 +50,6 @@ FASHION_MNIST_LABELS = ['t-shirt/top', 'trouser', 'pullover', 'dress', 'coat',
 
 
 # ----------------------------------------------------------------------------- image preprocessing
-
-def to_square_rgb(img, size):
-    """Any PIL image -> RGB `size` x `size`: alpha over white, padded (white) to square, antialiased resize."""
-    img = rgb_over_white(img)
-    w, h = img.size
-    side = max(w, h)
-    canvas = Image.new('RGB', (side, side), (255, 255, 255))
-    canvas.paste(img, ((side - w) // 2, (side - h) // 2))
-    return canvas.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
-
 
 def load_source_image(job):
     """Worker: (path, size, max_pixels) -> ('ok', HxWx3 uint8) | ('too_large', None) | ('unreadable', None)."""

@@ -32,10 +32,9 @@ sys.path.insert(0, ROOT)  # run as a script: the repo root
 import fullsize  # noqa: E402
 import pipeline  # noqa: E402
 from benchmarks.common import hole_errors  # noqa: E402
-from dataset import (MASK_FILL, MASK_THRESHOLD, files_by_number, list_images, pil_to_tensor01,  # noqa: E402
-                     rgb_over_white)
+from dataset import (MASK_FILL, MASK_THRESHOLD, OPENCLIPART_DIR, files_by_number, list_images,  # noqa: E402
+                     pil_to_tensor01, rgb_over_white, to_square_rgb)
 from plots import save_grid  # noqa: E402
-from prepare_dataset import OPENCLIPART_DIR, to_square_rgb  # noqa: E402
 from utils import atomic_open, atomic_save_image, check_writable  # noqa: E402
 
 METHODS = ('ours', 'model', 'telea')  # pipe.inpaint strategy auto (the default) and 'model', OpenCV Telea

@@ -16,7 +16,7 @@ import neardup
 import prepare_dataset as pd
 from dataset import (MASK_FILL, TEST_MEAN, TEST_STD, TRAIN_MEAN, TRAIN_STD, ImageDataset, MaskDataset,
                      PairedTestDataset, data_stats, inference_stats, maskgit_stats, read_gt_csv,
-                     write_gt_csv)
+                     to_square_rgb, write_gt_csv)
 from models import masks
 from models.masks import latent_mask
 
@@ -136,7 +136,7 @@ def test_transparent_palette_and_greyscale_images_composited_on_white(tmp_path):
     Image.fromarray(la, 'LA').save(src / 'grey_alpha.png')
     for p in sorted(src.iterdir()):
         with Image.open(p) as img:
-            a = np.asarray(pd.to_square_rgb(img, 16))
+            a = np.asarray(to_square_rgb(img, 16))
         assert a.shape == (16, 16, 3)
         if p.name == 'grey_alpha.png':
             assert (a[2, :, :] < 80).all() and (a[13, :, :] > 240).all()
@@ -193,7 +193,7 @@ def test_fashion_mnist_official_split_and_labels(tmp_path):
                     '--test-count', '10', '--val-frac', '0.1', '--image-size', '32']) == 0
     assert len(os.listdir(out / 'test')) == 10 and len(os.listdir(out / 'val')) == 3
     assert len(os.listdir(out / 'train')) == 27
-    as_png = lambda a: np.asarray(pd.to_square_rgb(Image.fromarray(a, 'L'), 32)).tobytes()
+    as_png = lambda a: np.asarray(to_square_rgb(Image.fromarray(a, 'L'), 32)).tobytes()
     label_of = {prefix: {as_png(a): pd.FASHION_MNIST_LABELS[i % 10] for i, a in enumerate(imgs)}
                 for prefix, imgs in official.items()}
     labels = json.loads((out / 'labels.json').read_text())
@@ -428,7 +428,7 @@ def split_of_each(out, files, size=32):
     for split in ('train', 'val', 'test', 'holdout'):
         for p in (out / split).glob('*.png') if (out / split).is_dir() else ():
             where[read_png(p)[1].tobytes()] = split
-    with_px = lambda f: np.asarray(pd.to_square_rgb(Image.open(f), size)).tobytes()
+    with_px = lambda f: np.asarray(to_square_rgb(Image.open(f), size)).tobytes()
     return {f: where.get(with_px(f), 'dropped') for group in files for f in group}
 
 
@@ -436,7 +436,7 @@ def split_of_each(out, files, size=32):
 def near_source(tmp_path_factory):
     base = tmp_path_factory.mktemp('near')
     files = make_near_source(base / 'src')
-    grey = neardup.small_grey([pd.to_square_rgb(Image.open(f), 32) for g in files for f in g])
+    grey = neardup.small_grey([to_square_rgb(Image.open(f), 32) for g in files for f in g])
     d = np.sqrt(((grey[:, None] - grey[None]) ** 2).mean(-1))  # [42, 42] the fixture's premise:
     copies = np.repeat(np.arange(len(files)), [len(g) for g in files])
     same = copies[:, None] == copies[None]
@@ -462,7 +462,7 @@ def test_near_dup_rms_zero_is_the_plain_content_hash_split(near_source, tmp_path
     src, files = near_source
     out = tmp_path / 'out'
     assert build(src, out, '--near-dup-rms', '0', '--seed', '3') == 0
-    px = [np.asarray(pd.to_square_rgb(Image.open(f), 32)) for g in files for f in g]
+    px = [np.asarray(to_square_rgb(Image.open(f), 32)) for g in files for f in g]
     key = lambda a: hashlib.sha256(f"3:{hashlib.sha256(a.tobytes()).hexdigest()}".encode()).hexdigest()
     order = sorted(px, key=key)  # the split before grouping: test first, then val, then train, in key order
     n_val = round(34 * 0.2)
@@ -564,7 +564,7 @@ def test_extra_train_adds_only_to_train_and_drops_near_copies_of_evaluated_image
     for n in sorted(os.listdir(base / 'train')):  # the openclipart-like part first, unchanged
         assert (out / 'train' / n).read_bytes() == (base / 'train' / n).read_bytes()
     added = {read_png(out / 'train' / n)[1].tobytes() for n in train[n_base:]}
-    assert added == {np.asarray(pd.to_square_rgb(Image.fromarray(a), 32)).tobytes() for a in new}
+    assert added == {np.asarray(to_square_rgb(Image.fromarray(a), 32)).tobytes() for a in new}
     labels = json.loads((out / 'labels.json').read_text())
     assert [labels[f'train/{n}'] for n in train[n_base:]] == [None] * 4  # unlabelled: the null class
     s = json.loads((out / 'summary.json').read_text())

@@ -5,6 +5,7 @@ import json
 import numpy as np
 from PIL import Image
 
+from dataset import to_square_rgb
 import prepare_dataset as pd
 from test_prepare_safety import pictures, run
 
@@ -23,7 +24,7 @@ def test_sources_json_names_each_pictures_own_file(tmp_path):
     for name, rel in sources.items():
         # the written 16x16 picture is its source's own preprocessing, and the class its top folder
         with Image.open(src / rel) as img:
-            expected = np.asarray(pd.to_square_rgb(img, 16))
+            expected = np.asarray(to_square_rgb(img, 16))
         assert np.array_equal(np.asarray(Image.open(out / name)), expected), (name, rel)
         assert labels[name] == rel.split('/')[0]
 
