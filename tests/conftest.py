@@ -120,6 +120,17 @@ def inpaint_maskgit_param(root, dim=16, **transformer):
 CLASS_NAMES = ['cat', 'dog', 'fish']  # the classes of a conditional lab
 
 
+def box_hole(top=None):
+    """A make_inpainting_lab mask function: 0/255 [IMG, IMG], a 4x6 hole at rows top..top+3 (top None: from row
+    i, the image's number, so each image's hole differs), columns 4..9."""
+    def hole_mask(i):
+        a = np.full((IMG, IMG), 255, np.uint8)
+        r = i if top is None else top
+        a[r:r + 4, 4:10] = 0
+        return a
+    return hole_mask
+
+
 @pytest.fixture(scope='session')
 def make_inpainting_lab(tmp_path_factory):
     """make_inpainting_lab(ids, hole_mask, conditional=False) -> a new folder: random-init tiny VQGAN (vq.yml, vq.pt)

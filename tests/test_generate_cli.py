@@ -7,15 +7,12 @@ from PIL import Image
 
 import generate
 import pipeline
-from conftest import IMG
+from conftest import IMG, box_hole
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
 
-def hole_mask(i):
-    a = np.full((IMG, IMG), 255, np.uint8)
-    a[2:6, 4:10] = 0
-    return a
+hole_mask = box_hole(2)
 
 
 @pytest.fixture(scope='module')

@@ -7,7 +7,7 @@ from PIL import Image
 
 import inpainting
 import pipeline
-from conftest import IMG, INPAINT_VQ, ROOT
+from conftest import IMG, INPAINT_VQ, ROOT, box_hole
 from dataset import load_rgb, read_gt_csv, write_gt_csv
 from fullsize import read_image, read_mask
 from models.token_cache import tokenizer_sha256
@@ -19,10 +19,7 @@ IDS = (1, 2, 5)
 pytestmark = pytest.mark.usefixtures('one_thread')
 
 
-def hole_mask(i):
-    a = np.full((IMG, IMG), 255, np.uint8)
-    a[i:i + 4, 4:10] = 0
-    return a
+hole_mask = box_hole()
 
 
 @pytest.fixture(scope='module')

@@ -18,7 +18,7 @@ import inpainting
 import pipeline
 import training_vqgan
 import utils
-from conftest import IMG, INPAINT_VQ
+from conftest import IMG, INPAINT_VQ, box_hole
 from dataset import PairedTestDataset
 from models.vqgan import VQGAN
 from utils import atomic_open, atomic_save, load_checkpoint, save_checkpoint
@@ -29,10 +29,7 @@ IDS = (1, 2, 5)
 pytestmark = pytest.mark.usefixtures('one_thread')
 
 
-def hole_mask(i):
-    a = np.full((IMG, IMG), 255, np.uint8)
-    a[i:i + 4, 4:10] = 0
-    return a
+hole_mask = box_hole()
 
 
 @pytest.fixture(scope='module')

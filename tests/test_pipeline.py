@@ -7,17 +7,14 @@ from scipy import ndimage
 
 import generate
 import pipeline
-from conftest import CLASS_NAMES, IMG, ROOT
+from conftest import CLASS_NAMES, IMG, ROOT, box_hole
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
 W, H = 48, 36  # a non-square picture, larger than the lab model's IMG x IMG
 
 
-def hole_mask(i):
-    a = np.full((IMG, IMG), 255, np.uint8)
-    a[4:8, 4:10] = 0
-    return a
+hole_mask = box_hole(4)
 
 
 @pytest.fixture(scope='module')
