@@ -37,14 +37,16 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	@touch $@
 
-# tests/test_app.py drives a real browser: Debian's chromium + chromium-driver (the test skips where they are missing)
+# tests/test_app.py drives a real browser: Debian's chromium + chromium-driver; tests/test_dataset.py renders emoji with
+# fonts-noto-color-emoji (prepare_dataset.py --extra-train noto-emoji). Each test skips with its reason where missing.
+EMOJI_FONT := /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
 browser:
-	@if ! { command -v chromium && command -v chromedriver; } >/dev/null; then \
+	@if ! { command -v chromium && command -v chromedriver && test -f $(EMOJI_FONT); } >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "==> browser: installing Debian's chromium and chromium-driver for the browser test"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	    echo "==> browser: installing Debian's chromium, chromium-driver and fonts-noto-color-emoji for the tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver fonts-noto-color-emoji; \
 	  else \
-	    echo "==> browser: chromium/chromedriver missing and not root (sudo apt-get install chromium chromium-driver): the browser test will be skipped"; \
+	    echo "==> browser: chromium/chromedriver/fonts-noto-color-emoji missing and not root (sudo apt-get install chromium chromium-driver fonts-noto-color-emoji): those tests will be skipped"; \
 	  fi; \
 	fi
 
