@@ -12,7 +12,10 @@ hole at full size, and the hole is filled by pipeline's inpaint (fill strategy a
 every hole to the model) and by OpenCV's Telea at full size (fullsize.classical_fill). Scores are over the hole
 pixels only, against the source: L1 in 0..255 levels and PSNR in dB (benchmarks/common.hole_errors).
 
-Pictures are taken in the order of --subset's test_numbers (or of the test split), skipping sources whose longer
+--split val does the same on the build's validation pictures (val/, val_mask64/, sources.json's val/ keys): the
+split to choose the full-size path's settings on (fullsize.COLOUR_MATCH, fullsize.PAD), never test.
+
+Pictures are taken in the order of --subset's test_numbers (or of the split), skipping sources whose longer
 side is outside [--min-side, --max-side] (never resized: a skipped one is counted, not shrunk) and masks whose hole
 falls on the padding only. Writes OUT/results.json, OUT/table.md, OUT/images/ (each picture's input, fills and
 source at full size) and the figure (columns: masked input | ours | OpenCV Telea | original; a row a picture).
@@ -51,10 +54,14 @@ def read_json(path, flag):
         raise ValueError(f"{flag} {path}: cannot read it as JSON ({str(e).splitlines()[0]})") from None
 
 
-def test_files(data):
-    """({number: test picture}, {number: its 64x64 mask}) of a prepare_dataset.py build."""
-    return (files_by_number(list_images(os.path.join(data, 'test')), 'test', data),
-            files_by_number(list_images(os.path.join(data, 'mask64'), what='mask'), 'mask', data))
+SPLITS = {'test': 'mask64', 'val': 'val_mask64'}  # prepare_dataset.py's splits with fixed masks: their mask folders
+
+
+def split_files(data, split='test'):
+    """({number: picture of the split}, {number: its 64x64 mask}) of a prepare_dataset.py build: test/ and mask64/,
+    or val/ and val_mask64/ (choose settings on val, never on test)."""
+    return (files_by_number(list_images(os.path.join(data, split)), split, data),
+            files_by_number(list_images(os.path.join(data, SPLITS[split]), what='mask'), 'mask', data))
 
 
 def subset_numbers(path, tests):
@@ -93,18 +100,18 @@ def full_hole(mask64, size):
     return np.asarray(m.crop((x0, y0, x0 + w, y0 + h))) < MASK_THRESHOLD
 
 
-def pick(numbers, tests, masks, sources, root, n, min_side, max_side):
-    """The first n usable test pictures: [(number, source path, source RGB, hole)], and the skip counts. One-line
-    errors: a test picture without a sources.json key or a mask, a source that does not shrink to its picture."""
+def pick(numbers, tests, masks, sources, root, n, min_side, max_side, split='test'):
+    """The first n usable pictures of the split: [(number, source path, source RGB, hole)], and the skip counts.
+    One-line errors: a picture without a sources.json key or a mask, a source that does not shrink to its picture."""
     picked, skipped = [], {'too_small': 0, 'too_large': 0, 'hole_on_padding': 0}
     for num in numbers:
         if len(picked) == n:
             break
-        key = f"test/{os.path.basename(tests[num])}"
+        key = f"{split}/{os.path.basename(tests[num])}"
         if key not in sources:
             raise ValueError(f"sources.json has no key {key}: rebuild --data with this prepare_dataset.py")
         if num not in masks:
-            raise ValueError(f"no mask for {tests[num]} in mask64/")
+            raise ValueError(f"no mask for {tests[num]} in {SPLITS[split]}/")
         path = os.path.join(root, sources[key])
         try:
             with Image.open(path) as f:
@@ -170,9 +177,9 @@ def figure(rows, path, side, palette=False):
         atomic_save_image(small, path)
 
 
-def table(rows, mean):
+def table(rows, mean, split='test'):
     """Markdown: a row per picture and the mean."""
-    head = ("| test # | source | size | hole | ours L1 | ours PSNR | model-only L1 | model-only PSNR | Telea L1 | "
+    head = (f"| {split} # | source | size | hole | ours L1 | ours PSNR | model-only L1 | model-only PSNR | Telea L1 | "
             "Telea PSNR |\n|---|---|---|---|---|---|---|---|---|---|\n")
     line = lambda r: (f"| {r['number']} | {r['source']} | {r['size'][0]}x{r['size'][1]} | {r['hole_share']:.0%} | "
                       + " | ".join(f"{r[m]['l1']:.1f} | {r[m]['psnr']:.2f}" for m in METHODS) + " |\n")
@@ -183,7 +190,7 @@ def table(rows, mean):
 
 # ----------------------------------------------------------------------------- main
 
-def evaluate(pipe, picked, root, images_dir):
+def evaluate(pipe, picked, root, images_dir, split='test'):
     """Fill and score every picked picture; its full-size pictures go to images_dir. -> rows."""
     rows = []
     for num, path, src, hole in picked:
@@ -202,9 +209,9 @@ def evaluate(pipe, picked, root, images_dir):
             row[name] = dict(zip(('l1', 'psnr'), score(img, src, hole)))
         row['pictures'] = [masked(src, hole), ours, telea, src]
         for name, img in zip(('input', 'ours', 'telea', 'original'), row['pictures']):
-            atomic_save_image(img, os.path.join(images_dir, f'test_{num:03d}_{name}.png'))
+            atomic_save_image(img, os.path.join(images_dir, f'{split}_{num:03d}_{name}.png'))
         rows.append(row)
-        print(f"test {num}: {src.size[0]}x{src.size[1]}, hole {hole.mean():.0%}: L1 ours {row['ours']['l1']:.1f} "
+        print(f"{split} {num}: {src.size[0]}x{src.size[1]}, hole {hole.mean():.0%}: L1 ours {row['ours']['l1']:.1f} "
               f"model {row['model']['l1']:.1f} Telea {row['telea']['l1']:.1f}", flush=True)
     return rows
 
@@ -214,6 +221,8 @@ def parse_args(argv=None):
     p.add_argument('--data', required=True, help="a prepare_dataset.py build with sources.json")
     p.add_argument('--source-root', default=OPENCLIPART_DIR,
                    help=f"the folder --data was built from (sources.json is relative to it; default {OPENCLIPART_DIR})")
+    p.add_argument('--split', default='test', choices=sorted(SPLITS),
+                   help="the build's split: test (test/, mask64/) or val (val/, val_mask64/: for choosing settings)")
     p.add_argument('--subset', default=None, metavar='JSON',
                    help="leak_subsets.py's index.json: its test_numbers, in order (e.g. data/oc_v1_unseen/index.json, "
                         "the test pictures with no near-copy in training); default: the whole test split")
@@ -232,38 +241,41 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.n < 1 or args.tile < 16 or not 0 < args.min_side <= args.max_side <= fullsize.MAX_SIDE:
         p.error(f"need --n >= 1, --tile >= 16 and 0 < --min-side <= --max-side <= {fullsize.MAX_SIDE}")
+    if args.subset and args.split != 'test':
+        p.error(f"--subset lists test numbers: it needs --split test, not {args.split}")
     return args
 
 
 def run(args, pipe=None):
     """Everything checked (inputs, pictures, writable outputs) before anything is written or loaded."""
     data = args.data
-    tests, masks = test_files(data)
+    tests, masks = split_files(data, args.split)
     sources = read_json(os.path.join(data, 'sources.json'), '--data') if os.path.isfile(
         os.path.join(data, 'sources.json')) else None
     if sources is None:
         raise ValueError(f"--data {data} has no sources.json: rebuild it with prepare_dataset.py (same flags)")
     numbers = subset_numbers(args.subset, tests)
-    picked, skipped = pick(numbers, tests, masks, sources, args.source_root, args.n, args.min_side, args.max_side)
+    picked, skipped = pick(numbers, tests, masks, sources, args.source_root, args.n, args.min_side, args.max_side,
+                           args.split)
     if len(picked) < args.n:
-        raise ValueError(f"only {len(picked)} of the {len(numbers)} test pictures are usable (skipped: {skipped}); "
+        raise ValueError(f"only {len(picked)} of the {len(numbers)} {args.split} pictures are usable (skipped: {skipped}); "
                          f"lower --n or widen --min-side/--max-side")
     fig = args.figure or os.path.join(args.out, 'fullsize.png')
     check_writable(args.out, '--out', folder=True)
     check_writable(fig, '--figure')
     pipe = pipe or pipeline.load(args.MaskGitConfig, device=args.device)
-    rows = evaluate(pipe, picked, args.source_root, os.path.join(args.out, 'images'))
+    rows = evaluate(pipe, picked, args.source_root, os.path.join(args.out, 'images'), args.split)
     mean = {'n': len(rows), 'hole_share': float(np.mean([r['hole_share'] for r in rows])),
             **{m: {k: float(np.mean([r[m][k] for r in rows])) for k in ('l1', 'psnr')} for m in METHODS}}
     figure(rows[:args.figure_rows], fig, args.tile, args.palette)
-    results = {'data': os.path.abspath(data), 'subset': args.subset, 'config': args.MaskGitConfig,
+    results = {'data': os.path.abspath(data), 'split': args.split, 'subset': args.subset, 'config': args.MaskGitConfig,
                'min_side': args.min_side, 'max_side': args.max_side, 'skipped': skipped, 'mean': mean,
                'pictures': [{k: v for k, v in r.items() if k != 'pictures'} for r in rows]}
     with atomic_open(os.path.join(args.out, 'results.json')) as f:
         json.dump(results, f, indent=1)
     with atomic_open(os.path.join(args.out, 'table.md')) as f:
-        f.write(table(rows, mean))
-    print(table(rows, mean))
+        f.write(table(rows, mean, args.split))
+    print(table(rows, mean, args.split))
     print(f"skipped: {skipped}; wrote {args.out}/results.json, table.md, images/ and {fig}")
     return results
 

@@ -97,3 +97,26 @@ def test_a_build_without_sources_json_is_refused(built, tmp_path, capsys):
     (data / 'sources.json').unlink()
     assert ef.main(['--data', str(data), '--source-root', str(src), '--out', str(tmp_path / 'out')]) == 2
     assert 'sources.json' in capsys.readouterr().err and not (tmp_path / 'out').exists()
+
+
+def test_split_val_scores_the_val_pictures_with_their_own_masks(tmp_path):
+    src, data = tmp_path / 'src', tmp_path / 'data'
+    sources(src, 10)
+    assert pd.main(['--source', str(src), '--out', str(data), '--test-count', '3', '--image-size', str(RES),
+                    '--val-frac', '0.5', '--near-dup-rms', '0', '--holdout-classes', '', '--workers', '1']) == 0
+    names = json.loads((data / 'sources.json').read_text())
+    truth = {ef.read_source(p).tobytes(): ef.read_source(p) for p in (src / 'art').iterdir()}
+    res = ef.run(args(src, data, tmp_path / 'out', '--split', 'val'), pipe=CopyPipe(truth))
+    assert res['split'] == 'val' and len(res['pictures']) == 2
+    for j, r in enumerate(res['pictures']):
+        assert r['number'] == j and r['source'] == names[f'val/image_{j:05d}.png']
+        hole = ef.full_hole(Image.open(data / 'val_mask64' / f'mask_{j:05d}.png'), (W, H))
+        assert r['hole_share'] == hole.mean() and r['ours']['l1'] == 0    # val_mask64's mask, not mask64's
+        assert (tmp_path / 'out' / 'images' / f'val_{j:03d}_ours.png').is_file()
+    assert '| val # |' in (tmp_path / 'out' / 'table.md').read_text()
+
+
+def test_subset_needs_the_test_split(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        ef.parse_args(['--data', str(tmp_path), '--split', 'val', '--subset', str(tmp_path / 'index.json')])
+    assert '--subset lists test numbers: it needs --split test' in capsys.readouterr().err

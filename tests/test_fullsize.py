@@ -83,7 +83,7 @@ def test_holes_whose_boxes_overlap_share_a_crop():
 
 def test_whole_picture_when_hole_covers_most():
     hole = block(300, 200, (10, 10, 290, 190))
-    assert fs.plan_crops(hole) == [(0, -50, 300, 250)]                   # the picture, mirrored to a square
+    assert fs.plan_crops(hole) == [(0, -50, 300, 250)]                   # the picture, padded to a square
     fill = Fill()
     out = fs.inpaint_fullsize(noise(300, 200), hole, fill, strategy='model')
     assert fill.calls[0][0].shape[0] == 1 and out.size == (300, 200)
@@ -99,7 +99,7 @@ def test_box_holds_context_inside_picture():
     assert x1 - x0 == y1 - y0 >= fs.RES and 0 <= x0 and x1 <= 1000 and 0 <= y0 and y1 <= 700
     assert x0 <= 980 - fs.MIN_CONTEXT
     (x0, y0, x1, y1), = fs.plan_crops(block(1000, 100, (500, 20, 560, 80)))  # the box is taller than the picture
-    assert y1 - y0 == 120 and (y0, y1) == (-10, 110)                    # mirrored equally above and below
+    assert y1 - y0 == 120 and (y0, y1) == (-10, 110)                    # padded equally above and below
 
 
 def test_rgba_alpha_kept_and_alpha_holes_made_opaque():
@@ -264,3 +264,53 @@ def test_colour_match_hides_the_fills_tint():
     assert np.abs(out[hole] - 100).max() <= 2
     raw = np.asarray(fs.inpaint_fullsize(img, hole, tinted, strategy='model', colour_match=False)).astype(int)
     assert np.abs(raw[hole] - 100).min() > 40
+
+
+def test_median_colour_match_ignores_one_wrong_block_in_the_ring():
+    """The fill right on the hole but white in one block of the ring around it: the median shift stays ~0 and the
+    hole keeps the picture's grey; the mean would darken the whole fill (the block's share of the ring)."""
+    img = Image.fromarray(np.full((300, 300, 3), 100, np.uint8))
+    hole = block(300, 300, (140, 140, 160, 160))                         # its box: 64 px, filled at scale 1
+
+    def blotch(x, holes):
+        out = x * (1 - holes) + holes * 100 / 255
+        ys, xs = np.nonzero(holes[0, 0].numpy())
+        out[:, :, ys.min() - 4:ys.min() + 6, xs.min() - 4:xs.min() + 6] = 1.0  # a white 10x10 block on the corner
+        return out
+
+    out = np.asarray(fs.inpaint_fullsize(img, hole, blotch, strategy='model', colour_match='median')).astype(int)
+    inner = block(300, 300, (146, 146, 160, 160))                        # off the white block
+    assert np.abs(out[inner] - 100).max() <= 1
+    mean = np.asarray(fs.inpaint_fullsize(img, hole, blotch, strategy='model', colour_match='mean')).astype(int)
+    assert (100 - mean[inner]).min() > 5                                # the mean's tint: what the median avoids
+    with pytest.raises(ValueError, match="colour_match 'avg'"):
+        fs.inpaint_fullsize(img, hole, blotch, colour_match='avg')
+
+
+@pytest.mark.parametrize('pad', ['white', 'edge'])
+def test_padding_hides_what_is_under_the_hole_and_adds_no_hole(pad):
+    """A wide picture filled whole (a square box reaching above and below it), its hole on the top border: the
+    model input is the same whatever is under the hole, and its holes are the picture's only (none mirrored)."""
+    w, h = 120, 60
+    hole = block(w, h, (40, 0, 70, 20))
+    a = np.asarray(noise(w, h)).copy()
+    b = a.copy()
+    b[hole] = 255 - b[hole]                                              # other pixels under the hole only
+    (x0, y0, x1, y1), = fs.plan_crops(hole)
+    assert (x0, y0, x1, y1) == (0, -30, 120, 90)
+    calls = []
+    for img in (a, b):
+        fill = Fill()
+        fs.inpaint_fullsize(Image.fromarray(img), hole, fill, strategy='model', pad=pad)
+        calls.append(fill.calls[0])
+    assert torch.equal(calls[0][0], calls[1][0])                         # nothing under the hole reaches the model
+    square = np.zeros((w, w), bool)
+    square[-y0:-y0 + h] = hole                                           # the padding: known
+    expected = torch.nn.functional.adaptive_max_pool2d(torch.from_numpy(square).float()[None, None], fs.RES)
+    assert torch.equal(calls[0][1], expected)
+    top = calls[0][0][0, :, :fs.RES * 30 // 120 - 4]                     # the padding above the picture
+    if pad == 'white':
+        assert (top - 1).abs().max() < 1e-5
+    reflect = Fill()
+    fs.inpaint_fullsize(Image.fromarray(a), hole, reflect, strategy='model', pad='reflect')
+    assert reflect.calls[0][1].sum() > expected.sum()                   # mirroring shows the model extra holes
