@@ -29,6 +29,8 @@ Each run is scored by
              from there when the file exists (delete it to retrain); its own accuracy on the test split is the
              ceiling to read the class accuracy against
   s/image    seconds per image of generation alone (decoding to pixels; no writing, no scoring)
+With --tokenizer-ceiling, a row for the reference's own images through the tokenizer (encoded to tokens, decoded):
+what a transformer that drew exactly the reference's token grids would score, the floor of any generator over them.
 Writes, under --output-dir (OUT):
   OUT/<run>/<class>_<i>.png     the run's images (--n of every class)
   OUT/grid_<run>.png            a row per class (named): its first GRID_IMAGES images
@@ -47,10 +49,12 @@ from dataclasses import asdict
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script: the repo root
-from dataset import class_names, data_stats, list_images, maskgit_stats, read_labels, tensor01_to_pil  # noqa: E402
+from dataset import (class_names, data_stats, denormalize, list_images, maskgit_stats, normalize,  # noqa: E402
+                     read_labels, tensor01_to_pil)
 from fid import score as fs  # noqa: E402
 from models.classifier import (EPOCHS, labelled_images, load_classifier, per_class_accuracy, predict,  # noqa: E402
                                save_classifier, train_classifier)
@@ -94,6 +98,8 @@ def parse_args(argv=None):
     p.add_argument('--classifier', default=None, metavar='PATH',
                    help="classifier checkpoint: loaded when it exists, else trained and saved there "
                         "(default OUT/classifier.pt)")
+    p.add_argument('--tokenizer-ceiling', action='store_true',
+                   help="also score the reference images through the tokenizer (encode, decode): the generator's floor")
     p.add_argument('--classifier-epochs', type=int, default=EPOCHS, help=f"epochs of a classifier trained here (default {EPOCHS})")
     add_model_args(p, 'the conditional transformer checkpoint')
     add_decoding_args(p)  # the base of every run
@@ -233,6 +239,25 @@ def reference_features(files, out_dir, device):
     return feats, path
 
 
+def tokenizer_reconstructions(vqgan, files, mean, std, batch_size, device):
+    """uint8 [n, 3, H, W] of the image files through the tokenizer (encode to tokens, decode), as a PNG holds them."""
+    out = []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(files), batch_size), desc='tokenizer ceiling', unit='batch'):
+            x = torch.stack([*fs.ImageFiles(files[i:i + batch_size])]).to(device).float() / 255   # [B, 3, H, W]
+            y = denormalize(vqgan.decode_indices(vqgan.encode_indices(normalize(x, mean, std))), mean, std)
+            out.append((y.float().clamp(0, 1) * 255 + 0.5).floor().to(torch.uint8).cpu())
+    return torch.cat(out)
+
+
+def check_sizes(files, size, flag):
+    """One-line error naming `flag` and the first file that is not size x size."""
+    for f in files:
+        with Image.open(f) as im:
+            if im.size != (size, size):
+                raise ValueError(f"{flag}: {f} is {im.size[0]}x{im.size[1]}, the tokenizer takes {size}x{size}")
+
+
 def fid_of_features(fake, real, device='cpu'):
     """FID between two feature sets [n, D] (float64 statistics, fid.score's Frechet distance)."""
     stats = [(f.mean(0), np.cov(f, rowvar=False)) for f in (np.asarray(x, np.float64) for x in (fake, real))]
@@ -305,6 +330,8 @@ def run(a):
     reference = a.reference or test_dir
     ref_files = reference_files(reference)
     C, n = len(names), a.n
+    if a.tokenizer_ceiling:
+        check_sizes(ref_files, model.vqgan.img_resolution, '--reference')
     if C * n <= K:
         raise ValueError(f"--n {n}: {C * n} images a run; precision/recall (k={K}) need more than {K}")
     settings = {}
@@ -323,6 +350,14 @@ def run(a):
     results = dict(checkpoint=a.load_transformer_ckpt_path or (cfg.get('checkpoint') or {}).get('path'),
                    config=a.MaskGitConfig, data=a.data, classifier=summary,
                    reference=dict(path=reference, images=len(ref_files), features=ref_cache), runs={})
+    if a.tokenizer_ceiling:
+        recon = tokenizer_reconstructions(model.vqgan, ref_files, *maskgit_stats(cfg), a.batch_size, device)
+        fake = inception_features(recon, device, 'tokenizer ceiling')                  # [N, 2048]
+        precision, recall = precision_recall(real, fake, device=device)
+        results['tokenizer_ceiling'] = dict(fid=fid_of_features(fake, real, device), precision=precision,
+                                            recall=recall, images=len(recon))
+        tqdm.write(f"tokenizer ceiling: FID {results['tokenizer_ceiling']['fid']:.2f}, precision {precision:.3f}, "
+                   f"recall {recall:.3f}")
     for name, s in settings.items():
         folder = os.path.join(a.output_dir, name)
         files, classes, seconds = generate_setting(model, s, *maskgit_stats(cfg), n, a.batch_size, folder, a.amp)
@@ -368,6 +403,10 @@ def report(results, out_dir):
     rows += [f"| {name} | {r['flags'] or '-'} | {r['cfg_scale']:g} | {r['fid']:.2f} | {r['precision']:.3f} | "
              f"{r['recall']:.3f} | {r['class_accuracy']:.1%} | {r['images']} | {r['seconds_per_image']:.4f} |"
              for name, r in results['runs'].items()]
+    t = results.get('tokenizer_ceiling')
+    if t:
+        rows += [f"| tokenizer ceiling (the reference through encode/decode) | - | - | {t['fid']:.2f} | "
+                 f"{t['precision']:.3f} | {t['recall']:.3f} | - | {t['images']} | - |"]
     n_fake = min((r['images'] for r in results['runs'].values()), default=0)
     rows += [''] + fid_notes(n_fake, ref['images'])
     rows += ['', f"Published (Fashion-MNIST; FID of {PROTOCOL_IMAGES:,} generated images against the "

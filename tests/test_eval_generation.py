@@ -329,3 +329,43 @@ def test_images_of_an_earlier_run_are_refused_before_generating(lab, data, tmp_p
     assert evaluate(lab, data, tmp_path / 'out', scales=['0', '2']) == 2
     assert "cfg_2 holds 1 image(s) this run would not write (e.g. cat_002.png)" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == ['cfg_2'] and features == []
+
+
+# ----------------------------------------------------------------------------- the tokenizer's ceiling
+
+class _IdentityTokenizer:
+    """encode/decode that return their input: the ceiling's images must then be the reference's own pixels."""
+    encode_indices = decode_indices = staticmethod(lambda x: x)
+
+
+@pytest.mark.parametrize('mean, std', [((0.5,) * 3, (0.5,) * 3), ((0.2, 0.4, 0.6), (0.3, 0.25, 0.2))])
+def test_the_ceiling_of_a_lossless_tokenizer_is_the_reference_itself(data, mean, std):
+    files = sorted(str(f) for f in (data / 'test').iterdir())
+    want = torch.stack([torch.from_numpy(png(f).copy()).permute(2, 0, 1) for f in files])   # [n, 3, H, W] uint8
+    got = eg.tokenizer_reconstructions(_IdentityTokenizer(), files, mean, std, 4, 'cpu')   # maskgit_stats' kind
+    assert got.dtype == torch.uint8 and torch.equal(got, want)   # normalised, decoded, denormalised: exact
+
+
+def test_tokenizer_ceiling_row_scores_the_reference_through_the_tokenizer(lab, data, tmp_path, features):
+    out = tmp_path / 'out'
+    assert evaluate(lab, data, out, '--tokenizer-ceiling', scales=['0']) == 0
+    t = json.loads((out / 'results.json').read_text())['tokenizer_ceiling']
+    assert t['images'] == 6 and t['fid'] > 0 and 0 <= t['precision'] <= 1 and 0 <= t['recall'] <= 1
+    assert features == [('reference', 6), ('tokenizer ceiling', 6), ('cfg_0', 6)]
+    row = [r for r in (out / 'table.md').read_text().splitlines() if r.startswith('| tokenizer ceiling')]
+    assert row == [f"| tokenizer ceiling (the reference through encode/decode) | - | - | {t['fid']:.2f} | "
+                   f"{t['precision']:.3f} | {t['recall']:.3f} | - | 6 | - |"]
+
+
+def test_a_reference_the_tokenizer_cannot_take_is_refused_before_any_output(lab, data, tmp_path, features, capsys):
+    ref = tmp_path / 'ref'
+    ref.mkdir()
+    rng = np.random.default_rng(1)
+    for i, size in enumerate([IMG, IMG, IMG, IMG + 4]):
+        Image.fromarray(coloured(rng, COLOURS['cat'], 1, size)[0]).save(ref / f'r{i}.png')
+    out = tmp_path / 'out'
+    err = one_line_error(capsys, evaluate(lab, data, out, '--reference', str(ref), '--tokenizer-ceiling',
+                                          scales=['0']), out)
+    assert err == (f"error: --reference: {ref / 'r3.png'} is {IMG + 4}x{IMG + 4}, the tokenizer takes "
+                   f"{IMG}x{IMG}")
+    assert features == []
