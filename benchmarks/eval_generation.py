@@ -53,11 +53,11 @@ from PIL import Image
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script: the repo root
-from dataset import (class_names, data_stats, denormalize, list_images, maskgit_stats, normalize,  # noqa: E402
-                     read_labels, tensor01_to_pil)
+from dataset import class_names, data_stats, list_images, maskgit_stats, read_labels, tensor01_to_pil  # noqa: E402
 from fid import score as fs  # noqa: E402
 from models.classifier import (EPOCHS, labelled_images, load_classifier, per_class_accuracy, predict,  # noqa: E402
                                save_classifier, train_classifier)
+from models.baselines import tokenizer_recon  # noqa: E402
 from models.transformer import require_classes  # noqa: E402
 from pipeline import (SETTINGS, Inpainter, add_decoding_args, add_model_args, class_folder,  # noqa: E402
                       decoding_settings, generation_settings, id_classes, image_ids, run_cli, setup,
@@ -245,8 +245,8 @@ def tokenizer_reconstructions(vqgan, files, mean, std, batch_size, device):
     with torch.no_grad():
         for i in tqdm(range(0, len(files), batch_size), desc='tokenizer ceiling', unit='batch'):
             x = torch.stack([*fs.ImageFiles(files[i:i + batch_size])]).to(device).float() / 255   # [B, 3, H, W]
-            y = denormalize(vqgan.decode_indices(vqgan.encode_indices(normalize(x, mean, std))), mean, std)
-            out.append((y.float().clamp(0, 1) * 255 + 0.5).floor().to(torch.uint8).cpu())
+            y = tokenizer_recon(vqgan, x, mean, std).float()                              # [B, 3, H, W] in [0, 1]
+            out.append((y * 255 + 0.5).floor().to(torch.uint8).cpu())
     return torch.cat(out)
 
 

@@ -30,9 +30,9 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script: the repo root
 import pipeline  # noqa: E402
 from benchmarks.common import FID_DIMS, SPLITS, fid_of, gt_stats, hole_errors, load_images, split_data  # noqa: E402
-from dataset import denormalize, maskgit_stats, normalize, tensor01_to_pil  # noqa: E402
+from dataset import denormalize, maskgit_stats, tensor01_to_pil  # noqa: E402
 from fid.score import small_set_note  # noqa: E402
-from models.baselines import have_opencv, mean_fill, opencv_fill  # noqa: E402
+from models.baselines import have_opencv, mean_fill, opencv_fill, tokenizer_recon  # noqa: E402
 from plots import save_grid  # noqa: E402
 from utils import atomic_open, atomic_save_image, resolve_device  # noqa: E402
 
@@ -47,7 +47,7 @@ def baseline(name, model, imgs, masks, gt, mean, std):
         return opencv_fill(shown, masks, name)
     if name == 'mean_fill':
         return mean_fill(shown, masks)
-    out = denormalize(model.vqgan.decode_indices(model.vqgan.encode_indices(normalize(gt, mean, std))), mean, std)
+    out = tokenizer_recon(model.vqgan, gt, mean, std)
     return masks * shown + (1 - masks) * out if name == 'vqgan_recon_paste' else out
 
 

@@ -1,10 +1,13 @@
-"""Non-learned hole fills a user would pick instead of the model: OpenCV Telea / Navier-Stokes, mean colour.
+"""Non-learned hole fills a user would pick instead of the model: OpenCV Telea / Navier-Stokes, mean colour; and the
+tokenizer's own reconstruction, the ceiling of any fill or generation over its tokens.
 
 Images [B, 3, H, W] in [0, 1], masks [B, 1, H, W] with 1 = keep. OpenCV (opencv-python-headless) is a
 dev/benchmark dependency: `have_opencv()` says whether it is installed.
 """
 import numpy as np
 import torch
+
+from dataset import denormalize, normalize
 
 
 def have_opencv():
@@ -31,3 +34,8 @@ def mean_fill(images, masks):
     """Holes filled with the mean colour of each image's known pixels."""
     fill = (images * masks).sum((2, 3), keepdim=True) / masks.sum((2, 3), keepdim=True).clamp(min=1)
     return masks * images + (1 - masks) * fill
+
+
+def tokenizer_recon(vqgan, images, mean, std):
+    """images through the tokenizer (encoded to tokens, decoded), in [0, 1]; mean, std: the model's normalisation."""
+    return denormalize(vqgan.decode_indices(vqgan.encode_indices(normalize(images, mean, std))), mean, std)
